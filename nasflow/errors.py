@@ -1,0 +1,27 @@
+"""Exceptions that mean "the user gave us something wrong".
+
+The CLI turns any :class:`NasflowError` into one line on stderr and exit code 2; everything
+else is an internal failure (exit code 1).
+"""
+
+from __future__ import annotations
+
+
+class NasflowError(Exception):
+    """Base class of errors caused by user input (bad names, files, configs)."""
+
+
+class RegistryError(NasflowError, LookupError):
+    """An unknown or unloadable name in a registry."""
+
+
+class GenotypeError(NasflowError, ValueError):
+    """A malformed, inconsistent or incompatible genotype."""
+
+
+class SpaceError(NasflowError, ValueError):
+    """A search space or supernet used inconsistently (e.g. one label with two shapes)."""
+
+
+class ConfigError(NasflowError, ValueError):
+    """A bad configuration value; the message names the key path."""

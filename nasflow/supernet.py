@@ -1,0 +1,112 @@
+"""Supernets: networks built from supercells, with architecture and weights kept apart.
+
+Weights belong to a label when they sit under a module tagged with that label (every
+:class:`~nasflow.cell.SuperCell` is tagged with its own; :func:`tag` tags anything else,
+e.g. a stem conv). Alphas are never weights.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from nasflow.cell import ArchAlphas, SuperCell
+from nasflow.errors import SpaceError
+from nasflow.genotype import Genotype
+from nasflow.mixed import Relaxation
+
+
+def tag(module: nn.Module, label: str) -> nn.Module:
+    """Mark ``module``'s weights as belonging to ``label`` (for per-label optimizers)."""
+    module.nas_label = label  # type: ignore[assignment]
+    return module
+
+
+def find_arch(model: nn.Module) -> ArchAlphas:
+    found = [m for m in model.modules() if isinstance(m, ArchAlphas)]
+    if len(found) != 1:
+        raise SpaceError(f"a supernet must hold exactly one ArchAlphas module, found {len(found)}")
+    return found[0]
+
+
+def _label_of(prefix: str, labels: dict[str, str]) -> str | None:
+    """Label of the innermost tagged module containing parameter ``prefix``."""
+    best: str | None = None
+    best_len = -1
+    for mod_name, label in labels.items():
+        if (mod_name == "" or prefix.startswith(mod_name + ".")) and len(mod_name) > best_len:
+            best, best_len = label, len(mod_name)
+    return best
+
+
+def named_weight_parameters(model: nn.Module, label: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
+    """Non-architecture parameters; with ``label``, only those owned by that label."""
+    arch_ids = {id(p) for m in model.modules() if isinstance(m, ArchAlphas) for p in m.parameters()}
+    tagged = {name: m.nas_label for name, m in model.named_modules() if isinstance(getattr(m, "nas_label", None), str)}
+    for name, p in model.named_parameters():
+        if id(p) in arch_ids:
+            continue
+        if label is None or _label_of(name, tagged) == label:
+            yield name, p
+
+
+def weight_parameters(model: nn.Module, label: str | None = None) -> list[nn.Parameter]:
+    return [p for _, p in named_weight_parameters(model, label)]
+
+
+def arch_parameters(model: nn.Module, label: str | None = None) -> list[nn.Parameter]:
+    arch = find_arch(model)
+    if label is None:
+        return list(arch.alphas.values())
+    if label not in arch.alphas:
+        raise SpaceError(f"no alpha labelled '{label}' (labels: {', '.join(arch.labels)})")
+    return [arch.alphas[label]]
+
+
+def supercells(model: nn.Module, label: str | None = None) -> list[SuperCell]:
+    return [m for m in model.modules() if isinstance(m, SuperCell) and (label is None or m.nas_label == label)]
+
+
+def set_relaxation(model: nn.Module, relaxation: Relaxation, label: str | None = None) -> None:
+    for cell in supercells(model, label):
+        cell.relaxation = relaxation
+
+
+class Supernet(nn.Module):
+    """Convenience base class: holds ``self.arch`` and exposes the helpers as methods."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arch = ArchAlphas()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.arch.labels
+
+    def arch_parameters(self, label: str | None = None) -> list[nn.Parameter]:
+        return arch_parameters(self, label)
+
+    def weight_parameters(self, label: str | None = None) -> list[nn.Parameter]:
+        return weight_parameters(self, label)
+
+    def named_weight_parameters(self, label: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
+        return named_weight_parameters(self, label)
+
+    def set_relaxation(self, relaxation: Relaxation, label: str | None = None) -> None:
+        set_relaxation(self, relaxation, label)
+
+    def arch_probabilities(self) -> dict[str, torch.Tensor]:
+        """Softmax of each label's alphas ``[edges, ops]``, detached, for logging."""
+        return {label: torch.softmax(a.detach(), dim=-1) for label, a in self.arch.alphas.items()}
+
+    def derive(self, rule: str | None = None) -> Genotype:
+        from nasflow.derive import derive
+
+        return derive(self.arch, rule)
+
+    def compile(self, genotype: Genotype) -> nn.Module:
+        from nasflow.compile import compile_model
+
+        return compile_model(self, genotype)

@@ -1,0 +1,1 @@
+"""Search spaces shipped with nasflow (installed as ``nasflow.spaces``)."""

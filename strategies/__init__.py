@@ -1,0 +1,1 @@
+"""Search strategies shipped with nasflow (installed as ``nasflow.strategies``)."""

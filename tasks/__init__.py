@@ -1,0 +1,1 @@
+"""Tasks shipped with nasflow (installed as ``nasflow.tasks``); each comes with a YAML config."""
