@@ -118,7 +118,10 @@ class Genotype:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise GenotypeError(f"not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise GenotypeError(f"not valid YAML{where}: {problem}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
@@ -136,9 +139,12 @@ class Genotype:
             raise GenotypeError(f"genotype file not found: {path}") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise GenotypeError(f"cannot read genotype file {path}: {exc}") from None
-        if path.suffix in {".yaml", ".yml"}:
-            return cls.from_yaml(text)
-        return cls.from_json(text)
+        try:
+            if path.suffix in {".yaml", ".yml"}:
+                return cls.from_yaml(text)
+            return cls.from_json(text)
+        except GenotypeError as exc:
+            raise GenotypeError(f"{path}: {exc}") from None
 
 
 def _parse_edge(edge: Any, where: str) -> GenoEdge:

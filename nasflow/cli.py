@@ -1,0 +1,230 @@
+"""The ``nasflow`` command line: ``run``, ``viz`` and ``list``.
+
+Error policy, so that scripts and people can tell "you gave me something wrong" from "nasflow
+is broken": a :class:`~nasflow.errors.NasflowError` or an unreadable user path is ONE line
+``nasflow: error: ...`` and exit code 2 (argparse usage errors are 2 as well); anything else is
+an internal error, exit code 1; Ctrl-C is 130. ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
+
+from nasflow import __version__
+from nasflow.errors import ConfigError, GenotypeError, NasflowError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+USER_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+_DESCRIPTION = """\
+nasflow: differentiable neural architecture search with pluggable search spaces.
+
+A run searches a cell architecture (a genotype), trains the network it describes and
+evaluates it; every stage writes to one run folder."""
+
+_EPILOG = """\
+examples:
+  nasflow run demo                                    search + train + evaluate the built-in demo
+  nasflow run tasks/demo.yaml --set search.epochs=5   override a config value
+  nasflow viz runs/planted-X/genotype.json            draw a genotype (.dot, .svg, .png)
+  nasflow list ops                                    which candidate ops exist
+  nasflow COMMAND --help                              more about one command
+
+User mistakes print one line and exit with code 2; --debug shows the traceback."""
+
+_RUN_EPILOG = """\
+CONFIG is a YAML file, or the name of a built-in task config (e.g. 'demo').
+
+examples:
+  nasflow run demo
+  nasflow run tasks/demo.yaml --set search.epochs=5 --set train.epochs=2
+  nasflow run my.yaml --out runs/try1 --quiet"""
+
+_VIZ_EPILOG = """\
+The .dot file is always written; SVG/PNG need the Graphviz 'dot' program
+(apt-get install graphviz / brew install graphviz / conda install graphviz).
+
+examples:
+  nasflow viz runs/try1/genotype.json                  -> runs/try1/genotype.{dot,svg,png}
+  nasflow viz genotype.json -o pics/ruas --format pdf  -> pics/ruas.{dot,pdf}"""
+
+_LIST_EPILOG = """\
+examples:
+  nasflow list            every registry, grouped
+  nasflow list ops        candidate operations
+  nasflow list spaces     search spaces (plugins add more through entry points)"""
+
+
+# -- argument types -------------------------------------------------------------------------------
+def _registry_name(value: str) -> str:
+    """Accept 'ops', 'op', 'derive-rules': people type singulars and dashes."""
+    from nasflow.registries import ALL
+
+    key = value.strip().lower().replace("-", "_")
+    for candidate in (key, key + "s"):
+        if candidate in ALL:
+            return candidate
+    raise argparse.ArgumentTypeError(f"unknown registry '{value}' (choose from {', '.join(ALL)})")
+
+
+def _override(value: str) -> str:
+    key, sep, _ = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. search.epochs=5), got '{value}'")
+    return value
+
+
+# -- subcommands ----------------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = str(args.config)
+    path = Path(config)
+    looks_like_name = path.suffix == "" and path.parent == Path(".")  # 'demo': the runner resolves it
+    if path.is_dir() and not looks_like_name:
+        raise ConfigError(f"config {config} is a directory; give a YAML file")
+    if not path.exists() and not looks_like_name:
+        raise ConfigError(f"config file not found: {config} (a YAML file, or a built-in name such as 'demo')")
+    from nasflow.runner import run_from_file  # lazy: torch and the task plugins load only here
+
+    folder = run_from_file(config, overrides=list(args.overrides), out=args.out, quiet=args.quiet)
+    print(f"run folder: {folder}")
+    return EXIT_OK
+
+
+def _cmd_viz(args: argparse.Namespace) -> int:
+    from nasflow.genotype import Genotype
+    from nasflow.viz import write_genotype_picture
+
+    genotype_path = Path(args.genotype)
+    try:
+        genotype = Genotype.load(genotype_path)
+    except GenotypeError as exc:  # content errors do not say which file; the user needs that
+        if str(genotype_path) in str(exc):
+            raise
+        raise GenotypeError(f"{genotype_path}: {exc}") from exc
+    if args.out is None:
+        out = genotype_path.with_suffix("")
+    elif args.out.endswith(("/", "\\")) or Path(args.out).is_dir():  # a folder: keep the file's name
+        out = Path(args.out) / genotype_path.with_suffix("").name
+    else:
+        out = Path(args.out)
+    result = write_genotype_picture(genotype, out, args.formats, keep=[genotype_path])
+    for written in [result.dot_path, *result.rendered]:
+        print(written)
+    if result.hint:
+        print(f"nasflow: {result.hint}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from nasflow.registries import ALL
+
+    names = [args.registry] if args.registry else list(ALL)
+    for i, name in enumerate(names):
+        rows = ALL[name].describe()
+        indent = ""
+        if len(names) > 1:
+            indent = "  "
+            print(("\n" if i else "") + f"{name}:")
+        if not rows:
+            print(f"{indent}(none registered)")
+        width = max((len(n) for n, _ in rows), default=0)
+        for entry, description in rows:
+            print(f"{indent}{entry:<{width}}  {description}".rstrip())
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public so that docs can render ``--help`` text)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="nasflow", description=_DESCRIPTION, epilog=_EPILOG, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"nasflow {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    # --debug after the subcommand too; SUPPRESS keeps the subparser from resetting it to False.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    run = sub.add_parser(
+        "run", parents=[common], formatter_class=fmt, epilog=_RUN_EPILOG,
+        help="search, train and evaluate from a config",
+        description="Run every stage of a config (search -> derive -> train -> evaluate) into one run folder.",
+    )
+    run.add_argument("config", metavar="CONFIG", help="YAML config file or built-in config name")
+    run.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[], type=_override,
+                     help="override a config value by its dotted key (repeatable)")
+    run.add_argument("--out", metavar="DIR", default=None, help="run folder (default: chosen by the config)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars, only the result")
+    run.set_defaults(handler=_cmd_run)
+
+    viz = sub.add_parser(
+        "viz", parents=[common], formatter_class=fmt, epilog=_VIZ_EPILOG,
+        help="draw a genotype as a graph picture",
+        description="Draw a genotype (JSON or YAML): one box per cell label, edges labelled by op.",
+    )
+    viz.add_argument("genotype", metavar="GENOTYPE", help="genotype file (.json, .yaml)")
+    viz.add_argument("-o", "--out", metavar="OUT", default=None,
+                     help="output path without suffix, or a folder (default: next to GENOTYPE)")
+    viz.add_argument("--format", dest="formats", metavar="FMT", nargs="+", default=["svg", "png"],
+                     help="picture formats rendered by Graphviz (default: svg png)")
+    viz.set_defaults(handler=_cmd_viz)
+
+    lst = sub.add_parser(
+        "list", parents=[common], formatter_class=fmt, epilog=_LIST_EPILOG,
+        help="list registered ops, spaces, strategies, tasks, ...",
+        description="List what is registered (built in or installed as a plugin), with one line each.",
+    )
+    lst.add_argument("registry", nargs="?", type=_registry_name, metavar="WHAT",
+                     help="ops, spaces, strategies, tasks, relaxations, derive_rules, hypergradients, losses, "
+                          "datasets (default: all)")
+    lst.set_defaults(handler=_cmd_list)
+    return parser
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def _one_line(text: str) -> str:
+    """Multi-line messages (YAML parser errors) folded so that stderr gets exactly one line."""
+    lines = [line.strip().rstrip(":") for line in text.splitlines()]
+    return "; ".join(line for line in lines if line.strip("^ "))  # drop empty lines and caret markers
+
+
+def _user_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: keep their codes, return them
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USER)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USER
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("nasflow: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (NasflowError, *USER_PATH_ERRORS) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"nasflow: error: {_one_line(_user_error(exc))}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as exc:  # noqa: BLE001 - the last line of defence; --debug shows everything
+        message = _one_line(f"{type(exc).__name__}: {exc}")
+        if debug:
+            traceback.print_exc()
+            print(f"nasflow: internal error: {message}", file=sys.stderr)
+        else:
+            print(f"nasflow: internal error: {message} (run with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL

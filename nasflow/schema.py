@@ -1,0 +1,49 @@
+"""The run configuration schema (see ``tasks/*.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SGDConfig:
+    lr: float = field(default=0.025, metadata={"min": 0.0})
+    momentum: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    weight_decay: float = field(default=3e-4, metadata={"min": 0.0})
+    lr_min: float = field(default=0.0, metadata={"min": 0.0})  # cosine schedule floor
+
+
+@dataclass
+class AdamConfig:
+    lr: float = field(default=3e-4, metadata={"min": 0.0})
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = field(default=1e-3, metadata={"min": 0.0})
+
+
+@dataclass
+class SearchConfig:
+    strategy: str = "darts"
+    epochs: int = field(default=10, metadata={"min": 0})
+    hypergradient: str = "first_order"
+    derive_rule: str | None = None  # None: the space's own rule
+    weight_optimizer: SGDConfig = field(default_factory=SGDConfig)
+    arch_optimizer: AdamConfig = field(default_factory=AdamConfig)
+    grad_clip: float = field(default=5.0, metadata={"min": 0.0})
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata={"min": 0})
+    lr: float = field(default=1e-3, metadata={"min": 0.0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+
+
+@dataclass
+class RunConfig:
+    task: str
+    seed: int = 0
+    device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    task_options: dict[str, Any] = field(default_factory=dict)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
