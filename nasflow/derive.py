@@ -107,3 +107,22 @@ def derive(arch: "ArchAlphas", rule: str | None = None, meta: dict | None = None
     rule_fn = DERIVE_RULES.get(rule_name)()
     cells = {label: rule_fn(arch.graph(label), arch[label]) for label in arch.labels}
     return Genotype.from_cells(space_name, cells, {"rule": rule_name, **(meta or {})})
+
+
+def onehot_alpha(graph: CellGraph, edges: Sequence[GenoEdge]) -> torch.Tensor:
+    """Alphas ``[edges, ops]`` that select exactly ``edges``; dropped edges select the zero op."""
+    from nasflow.graph import validate_edges
+
+    validate_edges(graph, edges)
+    alpha = torch.zeros(len(graph.edges), len(graph.candidates))
+    chosen = {(e.src, e.dst): e.op for e in edges}
+    zero_ops = [i for i, name in enumerate(graph.candidates) if get_op(name).is_zero]
+    for row, spec in enumerate(graph.edges):
+        op = chosen.get((spec.src, spec.dst))
+        if op is not None:
+            alpha[row, graph.candidates.index(op)] = 1.0
+        elif zero_ops:
+            alpha[row, zero_ops[0]] = 1.0
+        else:
+            raise GenotypeError(f"edge {spec.name} is dropped but the cell has no zero op to express that")
+    return alpha

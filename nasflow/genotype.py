@@ -78,7 +78,7 @@ class Genotype:
         if unknown:
             raise GenotypeError(f"unknown genotype field(s): {', '.join(sorted(map(str, unknown)))}")
         schema = data.get("schema")
-        if schema != SCHEMA_VERSION:
+        if type(schema) is not int or schema != SCHEMA_VERSION:  # bool/float compare equal to 1
             raise GenotypeError(f"field 'schema': expected version {SCHEMA_VERSION}, got {schema!r}")
         space = data.get("space")
         if not isinstance(space, str) or not space:

@@ -71,7 +71,7 @@ class GumbelStraightThrough(Relaxation):
         logits = F.log_softmax(alpha, dim=-1)
         for _ in range(10):  # resample on the (rare) non-finite draw
             uniform = torch.rand(alpha.shape, generator=self.generator, dtype=alpha.dtype).to(alpha.device)
-            gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))
+            gumbel = -torch.log((-torch.log(uniform.clamp_min(1e-20))).clamp_min(1e-20))
             soft = F.softmax((logits + gumbel) / self.tau, dim=-1)
             if torch.isfinite(soft).all():
                 break

@@ -11,7 +11,7 @@ RELAXATIONS: Registry[Any] = Registry("relaxation", group="nasflow.relaxations",
 DERIVE_RULES: Registry[Any] = Registry("derive rule", group="nasflow.derive_rules", builtin_modules=("nasflow.derive",))
 SPACES: Registry[Any] = Registry("search space", group="nasflow.spaces")
 STRATEGIES: Registry[Any] = Registry("strategy", group="nasflow.strategies")
-HYPERGRADIENTS: Registry[Any] = Registry("hypergradient", group="nasflow.hypergradients")
+HYPERGRADIENTS: Registry[Any] = Registry("hypergradient", group="nasflow.hypergradients", builtin_modules=("nasflow.hypergrad",))
 TASKS: Registry[Any] = Registry("task", group="nasflow.tasks")
 LOSSES: Registry[Any] = Registry("loss", group="nasflow.losses")
 DATASETS: Registry[Any] = Registry("dataset", group="nasflow.datasets")

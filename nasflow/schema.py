@@ -22,14 +22,29 @@ class AdamConfig:
 
 
 @dataclass
+class GroupConfig:
+    """Per-group overrides of the search defaults (unset: inherit)."""
+
+    every: int | None = field(default=None, metadata={"min": 1})
+    warmup: int | None = field(default=None, metadata={"min": 0})
+    hypergradient: str | None = None
+    weight_optimizer: SGDConfig | None = None
+    arch_optimizer: AdamConfig | None = None
+
+
+@dataclass
 class SearchConfig:
     strategy: str = "darts"
     epochs: int = field(default=10, metadata={"min": 0})
-    hypergradient: str = "first_order"
+    hypergradient: str = "first_order"  # first_order | finite_difference | exact_hvp
     derive_rule: str | None = None  # None: the space's own rule
     weight_optimizer: SGDConfig = field(default_factory=SGDConfig)
     arch_optimizer: AdamConfig = field(default_factory=AdamConfig)
     grad_clip: float = field(default=5.0, metadata={"min": 0.0})
+    every: int = field(default=1, metadata={"min": 1})  # alphas updated every n steps
+    warmup: int = field(default=0, metadata={"min": 0})  # steps of weight training before alpha updates
+    groups: dict[str, GroupConfig] = field(default_factory=dict)  # keyed by the task's group names
+    strategy_options: dict[str, Any] = field(default_factory=dict)  # validated by the strategy
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nasflow.cell import ArchAlphas, Cell, SuperCell
-from nasflow.errors import GenotypeError, RegistryError, SpaceError
+from nasflow.errors import RegistryError, SpaceError
 from nasflow.genotype import GenoEdge
 from nasflow.graph import CellGraph, validate_edges
 from nasflow.mixed import MixedOp, Relaxation
@@ -95,20 +95,9 @@ class CellSpace(ABC):
 
     def onehot_alpha(self, edges: Sequence[GenoEdge], **cell_options: Any) -> torch.Tensor:
         """Alphas that select exactly ``edges`` (dropped edges select the zero op)."""
-        graph = self.graph(**cell_options)
-        self.check_edges(edges, graph)
-        alpha = torch.zeros(len(graph.edges), len(self.candidates))
-        chosen = {(e.src, e.dst): e.op for e in edges}
-        zero_ops = [i for i, s in enumerate(self.op_specs) if s.is_zero]
-        for row, spec in enumerate(graph.edges):
-            op = chosen.get((spec.src, spec.dst))
-            if op is not None:
-                alpha[row, self.candidates.index(op)] = 1.0
-            elif zero_ops:
-                alpha[row, zero_ops[0]] = 1.0
-            else:
-                raise GenotypeError(f"edge {spec.name} is dropped but space '{self.name}' has no zero op")
-        return alpha
+        from nasflow.derive import onehot_alpha
+
+        return onehot_alpha(self.graph(**cell_options), edges)
 
     def random_edges(self, rng: random.Random, rule: str | None = None, **cell_options: Any) -> tuple[GenoEdge, ...]:
         """A random valid choice of edges, of the shape ``rule`` derives."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -12,6 +13,25 @@ from nasflow.genotype import Genotype
 from nasflow.supernet import Supernet
 
 Batch = Any
+TermsFn = Callable[[nn.Module, Batch], Mapping[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One cooperating search group, as the task defines it.
+
+    ``labels``: the alphas the group updates; ``weight_labels``: the weights it trains (None: all
+    weights). ``loss``/``arch_loss`` default to the task's; an upstream group's arch loss may
+    include downstream terms (RUAS: the IEM arch loss includes the NRM loss).
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    weight_labels: tuple[str, ...] | None = None
+    loss: TermsFn | None = None
+    arch_loss: TermsFn | None = None
+    every: int | None = None
+    warmup: int | None = None
 
 
 class Task(ABC):
@@ -48,6 +68,10 @@ class Task(ABC):
     def arch_loss(self, model: nn.Module, batch: Batch) -> Mapping[str, torch.Tensor]:
         """Objective of the architecture (defaults to the weight loss on held-out batches)."""
         return self.loss(model, batch)
+
+    def search_groups(self, model: Supernet) -> list[GroupSpec]:
+        """Groups for the ``cooperative`` strategy, updated in this order (default: one)."""
+        return [GroupSpec("all", model.labels)]
 
     @abstractmethod
     def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:

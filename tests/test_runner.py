@@ -69,6 +69,6 @@ def test_search_lowers_the_validation_loss_of_the_supernet() -> None:
     torch.manual_seed(0)
     task = build_task(cfg, torch.device("cpu"))
     model, history = search(cfg, task, _Progress(quiet=True))
-    assert history[-1]["arch/loss"] < 0.5 * history[0]["arch/loss"]
+    assert history[-1]["train/loss"] < 0.5 * history[0]["train/loss"]
     plain = compile_model(model, model.derive())
     assert not list(plain.arch.parameters())

@@ -1,0 +1,104 @@
+"""Random search with weight sharing (Li & Talwalkar 2019): the honest NAS baseline.
+
+Every step trains the shared weights under one uniformly sampled architecture per label. At the
+end, ``eval_samples`` sampled architectures are scored on the architecture batches with the
+shared weights and the best one is written into the alphas (one-hot), so deriving the genotype
+returns it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasflow.bilevel import cosine_factor, strategy_options
+from nasflow.derive import onehot_alpha
+from nasflow.genotype import GenoEdge
+from nasflow.mixed import HardArgmax
+from nasflow.registries import DERIVE_RULES, SPACES
+from nasflow.schema import SearchConfig
+from nasflow.strategy import Strategy
+from nasflow.supernet import find_arch, set_relaxation, weight_parameters
+from nasflow.task import Batch, Task
+
+
+@dataclass
+class RandomOptions:
+    eval_samples: int = field(default=20, metadata={"min": 1})
+
+
+class RandomStrategy(Strategy):
+    """Random architectures, shared weights; the best sampled one wins at the end."""
+
+    def __init__(self, model: nn.Module, task: Task, config: SearchConfig, steps_per_epoch: int) -> None:
+        super().__init__(model, task, config, steps_per_epoch)
+        self.options: RandomOptions = strategy_options(RandomOptions, config)
+        self.arch = find_arch(model)
+        self.rng = random.Random(task.seed)
+        self.rules = {
+            label: DERIVE_RULES.get(config.derive_rule or SPACES.get(self.arch.space(label)).default_rule)()
+            for label in self.arch.labels
+        }
+        w = config.weight_optimizer
+        self.weights = weight_parameters(model)
+        self.w_opt = torch.optim.SGD(self.weights, lr=w.lr, momentum=w.momentum, weight_decay=w.weight_decay)
+        total = max(1, config.epochs * steps_per_epoch)
+        self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, lambda t: cosine_factor(t, total, w.lr, w.lr_min))
+        self.scores: list[float] = []
+        set_relaxation(model, HardArgmax())
+
+    def sample(self) -> dict[str, tuple[GenoEdge, ...]]:
+        return {label: rule.sample(self.arch.graph(label), self.rng) for label, rule in self.rules.items()}
+
+    @torch.no_grad()
+    def use(self, cells: dict[str, tuple[GenoEdge, ...]]) -> None:
+        for label, edges in cells.items():
+            self.arch[label].copy_(onehot_alpha(self.arch.graph(label), edges))
+
+    def step(self, weight_batch: Batch, arch_batch: Batch) -> dict[str, float]:
+        self.model.train()
+        self.use(self.sample())
+        terms = self.task.loss(self.model, weight_batch)
+        grads = torch.autograd.grad(terms["loss"], self.weights, allow_unused=True)
+        for p, g in zip(self.weights, grads):
+            p.grad = g
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_([p for p in self.weights if p.grad is not None], self.config.grad_clip)
+        self.w_opt.step()
+        self.w_opt.zero_grad(set_to_none=True)
+        self.w_sched.step()
+        return {**{f"train/{k}": float(v.detach()) for k, v in terms.items()},
+                "lr/weights": self.w_opt.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def after_epoch(self, epoch: int) -> None:
+        if epoch != self.config.epochs - 1:
+            return
+        self.model.eval()
+        _, arch_batches = self.task.search_batches()
+        batches = list(arch_batches)
+        best: tuple[float, dict[str, tuple[GenoEdge, ...]]] | None = None
+        self.scores = []
+        for _ in range(self.options.eval_samples):
+            cells = self.sample()
+            self.use(cells)
+            score = sum(float(self.task.arch_loss(self.model, b)["loss"]) for b in batches) / max(1, len(batches))
+            self.scores.append(score)
+            if best is None or score < best[0]:
+                best = (score, cells)
+        assert best is not None
+        self.use(best[1])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),
+                "rng": list(self.rng.getstate()[1]), "rng_version": self.rng.getstate()[0],
+                "rng_gauss": self.rng.getstate()[2]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.w_sched.load_state_dict(state["w_sched"])
+        self.rng.setstate((state["rng_version"], tuple(state["rng"]), state["rng_gauss"]))
