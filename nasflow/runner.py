@@ -120,8 +120,12 @@ def search(cfg: RunConfig, task: Task, progress: _Progress) -> tuple[nn.Module, 
         strategy.before_epoch(epoch)
         weight_batches, arch_batches = task.search_batches()
         sums: dict[str, float] = {}
-        for wb, ab in zip(weight_batches, arch_batches):
-            for k, v in strategy.step(wb, ab).items():
+        for i, (wb, ab) in enumerate(zip(weight_batches, arch_batches)):
+            t = epoch * steps + i
+            strategy.before_step(t)
+            logs = strategy.step(wb, ab)
+            strategy.after_step(t, logs)
+            for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
         strategy.after_epoch(epoch)
         means = {k: v / max(1, steps) for k, v in sums.items()}
@@ -175,7 +179,8 @@ def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False) -> P
         metrics["seconds"] = time.perf_counter() - started
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         (run_dir / "search_history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
-        torch.save({"state_dict": final.state_dict(), "genotype": genotype.to_dict(), "config": to_dict(cfg)},
+        state = {k: v.detach().cpu() for k, v in final.state_dict().items()}  # loads without map_location
+        torch.save({"state_dict": state, "genotype": genotype.to_dict(), "config": to_dict(cfg)},
                    run_dir / "model.pt")
         log.info("metrics: %s", json.dumps(metrics))
     finally:

@@ -14,8 +14,9 @@ from nasflow.task import Batch, Task
 class Strategy(ABC):
     """Updates a supernet's weights and alphas, one step at a time.
 
-    Lifecycle: ``before_epoch(e)``, then ``step(weight_batch, arch_batch)`` per step, then
-    ``after_epoch(e)``. ``state_dict`` holds everything needed to resume.
+    Lifecycle: ``before_epoch(e)``; per step ``before_step(t)``, ``step(weight_batch,
+    arch_batch)``, ``after_step(t, logs)``; then ``after_epoch(e)``. ``state_dict`` holds
+    everything needed to resume (optimizers, schedulers, counters, temperatures, RNG states).
     """
 
     def __init__(self, model: nn.Module, task: Task, config: SearchConfig, steps_per_epoch: int) -> None:
@@ -29,6 +30,12 @@ class Strategy(ABC):
 
     def after_epoch(self, epoch: int) -> None:
         """Called after the last step of ``epoch``."""
+
+    def before_step(self, step: int) -> None:
+        """Called before each step (``step`` counts from 0 over the whole search)."""
+
+    def after_step(self, step: int, logs: dict[str, float]) -> None:
+        """Called after each step with its logs."""
 
     @abstractmethod
     def step(self, weight_batch: Batch, arch_batch: Batch) -> dict[str, float]:

@@ -72,3 +72,20 @@ def test_search_lowers_the_validation_loss_of_the_supernet() -> None:
     assert history[-1]["train/loss"] < 0.5 * history[0]["train/loss"]
     plain = compile_model(model, model.derive())
     assert not list(plain.arch.parameters())
+
+
+def test_runner_drives_every_strategy_hook_in_order(tmp_path: Path) -> None:
+    """A strategy named as module:attr is loaded, and its lifecycle hooks run in order."""
+    import recording_strategy
+
+    recording_strategy.CALLS.clear()
+    out = run_from_file("demo", TINY + ["search.strategy=recording_strategy:RecordingStrategy"],
+                        out=tmp_path / "r", quiet=True)
+    expected = []
+    for epoch in range(2):  # TINY: 2 epochs of 2 steps (16 weight samples, batch 8)
+        expected.append(("before_epoch", epoch))
+        for step in (2 * epoch, 2 * epoch + 1):
+            expected += [("before_step", step), ("after_step", step)]
+        expected.append(("after_epoch", epoch))
+    assert recording_strategy.CALLS == expected
+    assert (out / "genotype.json").is_file()
