@@ -56,8 +56,8 @@ dev = torch.device("cuda")
 @check("compiled == supernet with one-hot alphas, both spaces, on cuda")
 def _compile():
     errs = []
-    for space_name, channels in [("distill", 3), ("darts", 4)]:
-        net = Net(space_name, channels).to(dev).eval()
+    for space_name, channels, stages in [("distill", 3, 2), ("darts", 4, 1)]:  # a DARTS cell outputs 4C
+        net = Net(space_name, channels, stages).to(dev).eval()
         edges = net.space.random_edges(random.Random(0))
         with torch.no_grad():
             net.arch["c"].copy_(net.space.onehot_alpha(edges))

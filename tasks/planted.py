@@ -34,6 +34,7 @@ class PlantedOptions:
     noise_std: float = field(default=0.01, metadata={"min": 0.0})
     teacher_seed: int = 1234
     teacher_scale: float = field(default=2.0, metadata={"min": 0.0})  # larger weights: ops easier to tell apart
+    candidates: list[str] | None = None  # the space's candidate ops (None: the space's defaults)
 
 
 class FanIn(nn.Module):
@@ -67,7 +68,7 @@ class PlantedTask(Task):
 
     def __init__(self, options: PlantedOptions, *, seed: int, device: torch.device) -> None:
         super().__init__(options, seed=seed, device=device)
-        self.space = build_space(options.space)
+        self.space = build_space(options.space, {"candidates": options.candidates} if options.candidates else None)
         rng = random.Random(options.teacher_seed)
         edges = self.space.random_edges(rng)
         self.teacher_genotype = Genotype.from_cells(self.space.name, {"cell": edges}, {"planted": True})
@@ -95,6 +96,12 @@ class PlantedTask(Task):
         order = torch.randperm(len(x), generator=self._shuffle) if shuffle else torch.arange(len(x))
         bs = self.options.batch_size
         return [(x[order[i : i + bs]], y[order[i : i + bs]]) for i in range(0, len(x), bs)]
+
+    def state_dict(self) -> dict:
+        return {"shuffle": self._shuffle.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._shuffle.set_state(state["shuffle"])
 
     def build_supernet(self) -> Supernet:
         return PlantedNet(self.space, self.options.channels)
