@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nasflow.config import from_dict
+from nasflow.distributed import average_
 from nasflow.errors import ConfigError
 from nasflow.hypergrad import Unroll
 from nasflow.registries import HYPERGRADIENTS
@@ -64,6 +65,9 @@ class BilevelStrategy(Strategy):
     def __init__(self, model: nn.Module, task: Task, config: SearchConfig, steps_per_epoch: int) -> None:
         super().__init__(model, task, config, steps_per_epoch)
         self.step_count = 0
+        # Averages, in place, the gradients about to be applied over the ranks of a torchrun job
+        # (nasflow.distributed); does nothing in a single-process run.
+        self.sync = average_
         specs = self.group_specs()
         self.groups = [self._build_group(spec) for spec in specs]
         self._check_partition()
@@ -125,7 +129,7 @@ class BilevelStrategy(Strategy):
 
     # -- steps ------------------------------------------------------------------------------------
     def arch_step(self, g: Group, weight_batch: Batch, arch_batch: Batch) -> None:
-        grads = HYPERGRADIENTS.get(g.hypergradient)(g.unroll, weight_batch, arch_batch)
+        grads = self.sync(list(HYPERGRADIENTS.get(g.hypergradient)(g.unroll, weight_batch, arch_batch)))
         g.a_opt.zero_grad(set_to_none=True)
         for p, grad in zip(g.unroll.alphas(), grads):
             p.grad = grad.detach().clone()
@@ -137,8 +141,9 @@ class BilevelStrategy(Strategy):
         weights = g.unroll.weights()
         terms = g.loss(self.model, weight_batch)
         grads = torch.autograd.grad(terms["loss"], weights, allow_unused=True)
-        for p, grad in zip(weights, grads):  # zero-filled, as the virtual step assumes
-            p.grad = torch.zeros_like(p) if grad is None else grad
+        filled = [torch.zeros_like(p) if grad is None else grad for p, grad in zip(weights, grads)]
+        for p, grad in zip(weights, self.sync(filled)):  # zero-filled, as the virtual step assumes
+            p.grad = grad
         if self.config.grad_clip > 0:
             nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
         g.w_opt.step()

@@ -42,7 +42,11 @@ CONFIG is a YAML file, or the name of a built-in task config (e.g. 'demo').
 examples:
   nasflow run demo
   nasflow run tasks/demo.yaml --set search.epochs=5 --set train.epochs=2
-  nasflow run my.yaml --out runs/try1 --quiet"""
+  nasflow run my.yaml --out runs/try1 --quiet
+  nasflow run my.yaml --resume runs/try1            continue after a crash or Ctrl-C
+
+A run checkpoints at every epoch end (and every N steps with --set checkpoint.every_steps=N);
+watch it with: tensorboard --logdir runs/"""
 
 _VIZ_EPILOG = """\
 The .dot file is always written; SVG/PNG need the Graphviz 'dot' program
@@ -89,7 +93,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"config file not found: {config} (a YAML file, or a built-in name such as 'demo')")
     from nasflow.runner import run_from_file  # lazy: torch and the task plugins load only here
 
-    folder = run_from_file(config, overrides=list(args.overrides), out=args.out, quiet=args.quiet)
+    folder = run_from_file(config, overrides=list(args.overrides), out=args.out, quiet=args.quiet,
+                           resume=args.resume)
     print(f"run folder: {folder}")
     return EXIT_OK
 
@@ -157,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", metavar="CONFIG", help="YAML config file or built-in config name")
     run.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[], type=_override,
                      help="override a config value by its dotted key (repeatable)")
-    run.add_argument("--out", metavar="DIR", default=None, help="run folder (default: chosen by the config)")
+    run.add_argument("--out", metavar="DIR", default=None,
+                     help="run folder (default: runs/<task>-<time>); a folder holding a checkpoint is resumed")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue an interrupted run from RUN_DIR/checkpoints/last.ckpt (same config and --set)")
     run.add_argument("--quiet", action="store_true", help="no progress bars, only the result")
     run.set_defaults(handler=_cmd_run)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -24,12 +25,25 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from nasflow.checkpoint import load_safe, rng_state, save_atomic, set_rng_state
 from nasflow.compile import compile_model
 from nasflow.config import apply_overrides, from_dict, read_yaml, to_dict
+from nasflow.distributed import (
+    DistContext,
+    average_buffers_,
+    barrier,
+    broadcast_module_,
+    broadcast_object,
+    gather_digests,
+    init_distributed,
+    shard,
+    shutdown,
+)
 from nasflow.errors import ConfigError
 from nasflow.registries import STRATEGIES, TASKS
 from nasflow.schema import RunConfig
 from nasflow.task import Task
+from nasflow.tb import open_writer
 
 log = logging.getLogger("nasflow")
 
@@ -110,29 +124,96 @@ def _setup_logging(run_dir: Path, quiet: bool) -> logging.Handler:
     return handler
 
 
-def search(cfg: RunConfig, task: Task, progress: _Progress) -> tuple[nn.Module, list[dict[str, float]]]:
+@dataclass
+class SearchResult:
+    model: nn.Module
+    history: list[dict[str, float]]  # per-epoch mean logs
+    genotypes: list[dict[str, Any]]  # derived genotype after each epoch
+
+
+def _checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None = None,
+           resume: dict[str, Any] | None = None, writer: Any = None, ctx: DistContext | None = None) -> SearchResult:
+    """The search loop; checkpoints into ``run_dir`` and resumes from a checkpoint dict.
+
+    Under torchrun (``ctx`` enabled) every rank runs it on its own shard of the batches; the
+    strategies average gradients, so all ranks hold identical alphas and weights.
+    """
+    ctx = ctx or DistContext()
     model = task.build_supernet().to(task.device)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    broadcast_module_(model)  # before the strategy: second-order strategies copy the model
     weight_batches, arch_batches = task.search_batches()
-    steps = min(len(list(weight_batches)), len(list(arch_batches)))
+    steps = min(len(shard(list(weight_batches), ctx)), len(shard(list(arch_batches), ctx)))
     strategy = STRATEGIES.get(cfg.search.strategy)(model, task, cfg.search, steps)
-    history = []
-    for epoch in progress(range(cfg.search.epochs), "search"):
-        strategy.before_epoch(epoch)
-        weight_batches, arch_batches = task.search_batches()
-        sums: dict[str, float] = {}
-        for i, (wb, ab) in enumerate(zip(weight_batches, arch_batches)):
+    history: list[dict[str, float]] = []
+    genotypes: list[dict[str, Any]] = []
+    start_epoch, start_step, sums = 0, 0, {}
+    if resume is not None:
+        strategy.load_state_dict(resume["strategy"])
+        history, genotypes, sums = resume["history"], resume["genotypes"], resume["sums"]
+        start_epoch, start_step = resume["epoch"], resume["step_in_epoch"]
+    every = cfg.checkpoint.every_steps
+
+    def save(epoch: int, step_in_epoch: int, epoch_rng: dict, epoch_task: dict, stage: str = "search") -> None:
+        if run_dir is None or not ctx.is_main:
+            return
+        save_atomic({
+            "version": 1, "stage": stage, "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "model": model.state_dict(), "strategy": strategy.state_dict(), "history": history,
+            "genotypes": genotypes, "sums": sums, "rng": rng_state(), "epoch_rng": epoch_rng,
+            "epoch_task": epoch_task,
+        }, _checkpoint_path(run_dir))
+
+    epoch_bar = progress(range(start_epoch, cfg.search.epochs), "search", total=cfg.search.epochs - start_epoch)
+    for epoch in epoch_bar:
+        if resume is not None and epoch == start_epoch and start_step > 0:
+            # Rebuild this epoch's batches exactly, then continue from the saved step and RNG state.
+            epoch_rng, epoch_task = resume["epoch_rng"], resume["epoch_task"]
+            set_rng_state(epoch_rng)
+            task.load_state_dict(epoch_task)
+            weight_batches, arch_batches = task.search_batches()
+            set_rng_state(resume["rng"])
+        else:
+            if resume is not None and epoch == start_epoch:
+                set_rng_state(resume["rng"])
+                task.load_state_dict(resume["epoch_task"])
+            strategy.before_epoch(epoch)
+            epoch_rng, epoch_task = rng_state(), task.state_dict()
+            weight_batches, arch_batches = task.search_batches()
+            sums = {}
+            start_step = 0
+        pairs = list(zip(shard(list(weight_batches), ctx), shard(list(arch_batches), ctx)))[:steps]
+        for i in progress(range(start_step, steps), f"epoch {epoch + 1}", total=steps - start_step):
+            wb, ab = pairs[i]
             t = epoch * steps + i
             strategy.before_step(t)
             logs = strategy.step(wb, ab)
             strategy.after_step(t, logs)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
+            if writer is not None:
+                writer.scalars(logs, t)
+            if every and (t + 1) % every == 0 and i + 1 < steps:
+                save(epoch, i + 1, epoch_rng, epoch_task)
+        average_buffers_(model)  # BatchNorm statistics drift apart per shard
         strategy.after_epoch(epoch)
         means = {k: v / max(1, steps) for k, v in sums.items()}
         history.append(means)
+        genotype = model.derive(cfg.search.derive_rule)  # type: ignore[operator]
+        genotypes.append({"epoch": epoch + 1, "genotype": genotype.to_dict()})
+        if writer is not None:
+            writer.arch(model, (epoch + 1) * steps)
+            writer.genotype(genotype, (epoch + 1) * steps)
         log.info("search epoch %d/%d %s", epoch + 1, cfg.search.epochs,
                  " ".join(f"{k}={v:.4g}" for k, v in means.items() if "loss" in k))
-    return model, history
+        sums = {}
+        save(epoch + 1, 0, {}, task.state_dict())
+    return SearchResult(model, history, genotypes)
 
 
 def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> nn.Module:
@@ -155,19 +236,87 @@ def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> 
     return model
 
 
-def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False) -> Path:
-    """Run every stage; returns the run folder."""
+def _resume_state(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
+    """The checkpoint of ``run_dir``, after checking that the run's saved config matches."""
+    ckpt = _checkpoint_path(run_dir)
+    if not ckpt.is_file():
+        return None
+    saved_path = run_dir / "config.yaml"
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+        differ = _differences(saved, to_dict(cfg))
+        if differ:
+            raise ConfigError(f"cannot resume {run_dir}: the config differs from the run's saved config at "
+                              f"{', '.join(differ[:5])} (resume with the same config and --set values)")
+    return load_safe(ckpt)
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return [] if a == b else [path or "(root)"]
+
+
+def configure_determinism(cfg: RunConfig) -> None:
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False, resume: str | Path | None = None) -> Path:
+    """Run every stage; returns the run folder. Resumes from ``resume`` (or ``out``) when it holds a checkpoint.
+
+    Under ``torchrun`` every rank searches on its shard; only rank 0 writes files, trains the
+    compiled network and evaluates it.
+    """
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    configure_determinism(cfg)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _run(cfg, ctx, out, quiet or not ctx.is_main, resume)
+    finally:
+        shutdown()
+
+
+def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, resume: str | Path | None) -> Path:
+    device = ctx.device if ctx.enabled else pick_device(cfg.device)
     task = build_task(cfg, device)
-    run_dir = make_run_dir(out, cfg.task)
+    target = resume if resume is not None else out
+    state = None
+    if target is not None and _checkpoint_path(Path(target)).is_file():
+        run_dir = Path(target)
+        state = _resume_state(run_dir, cfg)
+    elif resume is not None:
+        raise ConfigError(f"nothing to resume: {_checkpoint_path(Path(resume))} does not exist")
+    else:
+        run_dir = Path(broadcast_object(str(make_run_dir(out, cfg.task)) if ctx.is_main else None))
+    if not ctx.is_main:
+        result = search(cfg, task, _Progress(quiet=True), run_dir, state, None, ctx)
+        gather_digests(result.model.arch_parameters())  # type: ignore[operator]  # same collectives as rank 0
+        barrier()  # rank 0 trains, evaluates and writes
+        return run_dir
     handler = _setup_logging(run_dir, quiet)
     progress = _Progress(quiet)
+    writer = open_writer(run_dir / "tb", enabled=cfg.tensorboard)
     try:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        if state is None:
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        else:
+            log.info("resuming %s from epoch %d, step %d", run_dir, state["epoch"] + 1, state["step_in_epoch"])
         started = time.perf_counter()
-        supernet, history = search(cfg, task, progress)
-        genotype = supernet.derive(cfg.search.derive_rule)  # type: ignore[operator]
+        result = search(cfg, task, progress, run_dir, state, writer, ctx)
+        if ctx.enabled:
+            (run_dir / "distributed.json").write_text(json.dumps({
+                "world_size": ctx.world_size,
+                "alpha_sha256_per_rank": gather_digests(result.model.arch_parameters()),  # type: ignore[operator]
+            }, indent=1) + "\n", encoding="utf-8")
+        genotype = result.model.derive(cfg.search.derive_rule)  # type: ignore[operator]
         genotype.save(run_dir / "genotype.json")
         _draw(genotype, run_dir / "genotype")
         log.info("genotype: %s", {label: genotype.ops(label) for label in genotype.labels})
@@ -177,15 +326,21 @@ def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False) -> P
         final = train(cfg, task, final, progress)
         metrics = task.evaluate(final, genotype)
         metrics["seconds"] = time.perf_counter() - started
+        writer.images(task.samples(final), len(result.history))
+        writer.hparams(to_dict(cfg), {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        (run_dir / "search_history.json").write_text(json.dumps(history, indent=1) + "\n", encoding="utf-8")
-        state = {k: v.detach().cpu() for k, v in final.state_dict().items()}  # loads without map_location
-        torch.save({"state_dict": state, "genotype": genotype.to_dict(), "config": to_dict(cfg)},
-                   run_dir / "model.pt")
+        (run_dir / "search_history.json").write_text(json.dumps(result.history, indent=1) + "\n", encoding="utf-8")
+        (run_dir / "genotype_history.json").write_text(json.dumps(result.genotypes, indent=1) + "\n",
+                                                       encoding="utf-8")
+        state_dict = {k: v.detach().cpu() for k, v in final.state_dict().items()}  # loads without map_location
+        save_atomic({"state_dict": state_dict, "genotype": genotype.to_dict(), "config": to_dict(cfg)},
+                    run_dir / "model.pt")
         log.info("metrics: %s", json.dumps(metrics))
     finally:
+        writer.close()
         log.removeHandler(handler)
         handler.close()
+        barrier()
     return run_dir
 
 
@@ -198,5 +353,5 @@ def _draw(genotype: Any, stem: Path) -> None:
 
 
 def run_from_file(config: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
-                  quiet: bool = False) -> Path:
-    return run(load_run_config(config, overrides), out=out, quiet=quiet)
+                  quiet: bool = False, resume: str | Path | None = None) -> Path:
+    return run(load_run_config(config, overrides), out=out, quiet=quiet, resume=resume)

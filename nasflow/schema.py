@@ -55,10 +55,18 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = field(default=0, metadata={"min": 0})  # 0: at epoch ends only
+
+
+@dataclass
 class RunConfig:
     task: str
     seed: int = 0
+    deterministic: bool = False  # deterministic algorithms (slower); same seed -> same run on one machine
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    tensorboard: bool = True
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     task_options: dict[str, Any] = field(default_factory=dict)
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

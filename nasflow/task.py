@@ -69,6 +69,17 @@ class Task(ABC):
         """Objective of the architecture (defaults to the weight loss on held-out batches)."""
         return self.loss(model, batch)
 
+    def state_dict(self) -> dict[str, Any]:
+        """RNG or sampler state that decides future batches (saved in checkpoints)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def samples(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A few named images (CHW or NCHW in [0, 1]) showing the model's output, for TensorBoard."""
+        return {}
+
     def search_groups(self, model: Supernet) -> list[GroupSpec]:
         """Groups for the ``cooperative`` strategy, updated in this order (default: one)."""
         return [GroupSpec("all", model.labels)]

@@ -17,6 +17,7 @@ from torch import nn
 
 from nasflow.bilevel import cosine_factor, strategy_options
 from nasflow.derive import onehot_alpha
+from nasflow.distributed import average_
 from nasflow.genotype import GenoEdge
 from nasflow.mixed import HardArgmax
 from nasflow.registries import DERIVE_RULES, SPACES
@@ -49,6 +50,9 @@ class RandomStrategy(Strategy):
         total = max(1, config.epochs * steps_per_epoch)
         self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, lambda t: cosine_factor(t, total, w.lr, w.lr_min))
         self.scores: list[float] = []
+        # Averages, in place, the weight gradients over the ranks of a torchrun job
+        # (nasflow.distributed); does nothing in a single-process run.
+        self.sync = average_
         set_relaxation(model, HardArgmax())
 
     def sample(self) -> dict[str, tuple[GenoEdge, ...]]:
@@ -63,7 +67,12 @@ class RandomStrategy(Strategy):
         self.model.train()
         self.use(self.sample())
         terms = self.task.loss(self.model, weight_batch)
-        grads = torch.autograd.grad(terms["loss"], self.weights, allow_unused=True)
+        grads = list(torch.autograd.grad(terms["loss"], self.weights, allow_unused=True))
+        # Unused weights (ops off the sampled architecture) keep grad None, so SGD skips them; every
+        # rank samples the same architecture (same rng seed), so all ranks agree on which are None.
+        used = [i for i, g in enumerate(grads) if g is not None]
+        for i, g in zip(used, self.sync([grads[i] for i in used])):
+            grads[i] = g
         for p, g in zip(self.weights, grads):
             p.grad = g
         if self.config.grad_clip > 0:

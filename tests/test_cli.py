@@ -129,14 +129,16 @@ def test_run_hands_its_arguments_to_the_runner(
     """Wiring only: a stand-in runner module, so this holds whatever the real runner does."""
     calls = []
 
-    def run_from_file(config: str, overrides: list[str], out: str | None, quiet: bool) -> Path:
-        calls.append((config, overrides, out, quiet))
+    def run_from_file(config: str, overrides: list[str], out: str | None, quiet: bool, resume: str | None) -> Path:
+        calls.append((config, overrides, out, quiet, resume))
         return tmp_path / "run"
 
     monkeypatch.setitem(sys.modules, "nasflow.runner", types.SimpleNamespace(run_from_file=run_from_file))
     assert main(["run", "demo", "--set", "a.b=1", "--set", "c=x=y", "--out", "o", "--quiet"]) == 0
-    assert calls == [("demo", ["a.b=1", "c=x=y"], "o", True)]
+    assert calls == [("demo", ["a.b=1", "c=x=y"], "o", True, None)]
     assert capsys.readouterr().out.strip() == f"run folder: {tmp_path / 'run'}"
+    assert main(["run", "demo", "--resume", "runs/x"]) == 0
+    assert calls[-1] == ("demo", [], None, False, "runs/x")
 
 
 def _raise(exc: BaseException):  # type: ignore[no-untyped-def]

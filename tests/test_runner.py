@@ -68,8 +68,10 @@ def test_search_lowers_the_validation_loss_of_the_supernet() -> None:
     cfg = load_run_config("demo", TINY[1:] + ["search.epochs=6"])
     torch.manual_seed(0)
     task = build_task(cfg, torch.device("cpu"))
-    model, history = search(cfg, task, _Progress(quiet=True))
+    result = search(cfg, task, _Progress(quiet=True))
+    history, model = result.history, result.model
     assert history[-1]["train/loss"] < 0.5 * history[0]["train/loss"]
+    assert len(result.genotypes) == 6
     plain = compile_model(model, model.derive())
     assert not list(plain.arch.parameters())
 
