@@ -1,4 +1,4 @@
-"""The ``nasflow`` command line: ``run``, ``viz`` and ``list``.
+"""The ``nasflow`` command line: ``run``, ``search``, ``train``, ``eval``, ``viz`` and ``list``.
 
 Error policy, so that scripts and people can tell "you gave me something wrong" from "nasflow
 is broken": a :class:`~nasflow.errors.NasflowError` or an unreadable user path is ONE line
@@ -30,6 +30,9 @@ _EPILOG = """\
 examples:
   nasflow run demo                                    search + train + evaluate the built-in demo
   nasflow run tasks/demo.yaml --set search.epochs=5   override a config value
+  nasflow search demo --out runs/s1                   only search: genotype.json + picture
+  nasflow train demo --genotype runs/s1/genotype.json train and evaluate a given architecture
+  nasflow eval runs/s1-train                          re-evaluate a finished run folder
   nasflow viz runs/planted-X/genotype.json            draw a genotype (.dot, .svg, .png)
   nasflow list ops                                    which candidate ops exist
   nasflow COMMAND --help                              more about one command
@@ -47,6 +50,21 @@ examples:
 
 A run checkpoints at every epoch end (and every N steps with --set checkpoint.every_steps=N);
 watch it with: tensorboard --logdir runs/"""
+
+_SEARCH_EPILOG = """\
+examples:
+  nasflow search demo --out runs/s1
+  nasflow viz runs/s1/genotype.json
+  nasflow train demo --genotype runs/s1/genotype.json --out runs/s1-train"""
+
+_TRAIN_EPILOG = """\
+examples:
+  nasflow train demo --genotype runs/s1/genotype.json
+  nasflow train my.yaml --genotype g.yaml --set train.epochs=50 --out runs/g-train"""
+
+_EVAL_EPILOG = """\
+examples:
+  nasflow eval runs/planted-20261126-101500"""
 
 _VIZ_EPILOG = """\
 The .dot file is always written; SVG/PNG need the Graphviz 'dot' program
@@ -83,19 +101,40 @@ def _override(value: str) -> str:
 
 
 # -- subcommands ----------------------------------------------------------------------------------
-def _cmd_run(args: argparse.Namespace) -> int:
-    config = str(args.config)
+def _check_config_arg(config: str) -> None:
     path = Path(config)
     looks_like_name = path.suffix == "" and path.parent == Path(".")  # 'demo': the runner resolves it
     if path.is_dir() and not looks_like_name:
         raise ConfigError(f"config {config} is a directory; give a YAML file")
     if not path.exists() and not looks_like_name:
         raise ConfigError(f"config file not found: {config} (a YAML file, or a built-in name such as 'demo')")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = str(args.config)
+    _check_config_arg(config)
     from nasflow.runner import run_from_file  # lazy: torch and the task plugins load only here
 
+    extra = {}
+    if getattr(args, "genotype", None) is not None:
+        if not Path(args.genotype).is_file():
+            raise GenotypeError(f"genotype file not found: {args.genotype}")
+        extra["genotype"] = args.genotype
+    if getattr(args, "search_only", False):
+        extra["search_only"] = True
     folder = run_from_file(config, overrides=list(args.overrides), out=args.out, quiet=args.quiet,
-                           resume=args.resume)
+                           resume=getattr(args, "resume", None), **extra)
     print(f"run folder: {folder}")
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from nasflow.runner import evaluate_run
+
+    metrics = evaluate_run(args.run_dir)
+    print(json.dumps(metrics, indent=2))
     return EXIT_OK
 
 
@@ -154,20 +193,52 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
+    def config_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", metavar="CONFIG", help="YAML config file or built-in config name")
+        p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[], type=_override,
+                       help="override a config value by its dotted key (repeatable)")
+        p.add_argument("--out", metavar="DIR", default=None,
+                       help="run folder (default: runs/<task>-<time>); a folder holding a checkpoint is resumed")
+        p.add_argument("--quiet", action="store_true", help="no progress bars, only the result")
+
     run = sub.add_parser(
         "run", parents=[common], formatter_class=fmt, epilog=_RUN_EPILOG,
         help="search, train and evaluate from a config",
         description="Run every stage of a config (search -> derive -> train -> evaluate) into one run folder.",
     )
-    run.add_argument("config", metavar="CONFIG", help="YAML config file or built-in config name")
-    run.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[], type=_override,
-                     help="override a config value by its dotted key (repeatable)")
-    run.add_argument("--out", metavar="DIR", default=None,
-                     help="run folder (default: runs/<task>-<time>); a folder holding a checkpoint is resumed")
+    config_args(run)
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue an interrupted run from RUN_DIR/checkpoints/last.ckpt (same config and --set)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars, only the result")
     run.set_defaults(handler=_cmd_run)
+
+    srch = sub.add_parser(
+        "search", parents=[common], formatter_class=fmt, epilog=_SEARCH_EPILOG,
+        help="only search: derive and draw the genotype",
+        description="Search the architecture of a config and stop: genotype.json, its picture, checkpoints, TensorBoard.",
+    )
+    config_args(srch)
+    srch.add_argument("--resume", metavar="RUN_DIR", default=None,
+                      help="continue an interrupted search from RUN_DIR/checkpoints/last.ckpt")
+    srch.set_defaults(handler=_cmd_run, search_only=True)
+
+    trn = sub.add_parser(
+        "train", parents=[common], formatter_class=fmt, epilog=_TRAIN_EPILOG,
+        help="train and evaluate a given genotype (no search)",
+        description="Compile a genotype into a plain network, train it with the config's train settings, evaluate "
+                    "and export it.",
+    )
+    config_args(trn)
+    trn.add_argument("--genotype", metavar="GENOTYPE", required=True, help="genotype file (.json or .yaml)")
+    trn.set_defaults(handler=_cmd_run)
+
+    evl = sub.add_parser(
+        "eval", parents=[common], formatter_class=fmt, epilog=_EVAL_EPILOG,
+        help="re-evaluate a finished run folder",
+        description="Rebuild a finished run's network from RUN_DIR (config.yaml, model.pt), evaluate it with the "
+                    "task's metrics, print them and write RUN_DIR/eval.json.",
+    )
+    evl.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by nasflow run or nasflow train")
+    evl.set_defaults(handler=_cmd_eval)
 
     viz = sub.add_parser(
         "viz", parents=[common], formatter_class=fmt, epilog=_VIZ_EPILOG,

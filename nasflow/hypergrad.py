@@ -26,6 +26,15 @@ and ``xi`` is the exact derivative ``-dw'/dg`` of that update: the current lr, t
 ``1 - dampening`` once a momentum buffer exists and times ``1 + momentum (1 - dampening)`` with
 Nesterov (DARTS' own setting, momentum without dampening or Nesterov, gives ``xi = lr``).
 
+When the real weight step clips the gradient norm (``Unroll.max_grad_norm > 0``, from
+``search.grad_clip``: ``torch.nn.utils.clip_grad_norm_`` over the group's weights before SGD), the
+virtual step clips too, ``g -> c g`` with ``c = min(1, M / (||g|| + 1e-6))`` exactly as torch does,
+and ``v`` goes through the exact (symmetric) Jacobian of that map before the Hessian-vector product::
+
+    d(c g)/dg = c (I - g g^T / (||g|| (||g|| + 1e-6)))   if c < 1,   I otherwise
+
+(``xi`` is applied first, per weight, since different param groups may have different lrs).
+
 None of these functions changes the real model (parameters and buffers, e.g. BatchNorm running
 statistics, are bitwise as before), the real optimizer's state, or any ``.grad``: the caller
 assigns the returned gradients.
@@ -57,7 +66,8 @@ class Unroll:
 
     ``virtual`` is a persistent copy of ``model`` (made once by :meth:`create`, overwritten in
     place by every :func:`virtual_step`); ``optimizer`` is the real SGD optimizer of the group's
-    weights, read but never stepped.
+    weights, read but never stepped. ``max_grad_norm`` is the norm the real weight step clips the
+    group's gradient to (``clip_grad_norm_`` before ``optimizer.step()``; 0: no clipping).
     """
 
     model: nn.Module
@@ -67,6 +77,7 @@ class Unroll:
     optimizer: torch.optim.Optimizer
     train_loss: LossFn
     arch_loss: LossFn
+    max_grad_norm: float = 0.0
 
     @classmethod
     def create(
@@ -77,6 +88,7 @@ class Unroll:
         optimizer: torch.optim.Optimizer,
         train_loss: LossFn,
         arch_loss: LossFn,
+        max_grad_norm: float = 0.0,
     ) -> "Unroll":
         """Check the names and make the virtual copy (one ``copy.deepcopy`` for the whole run)."""
         weight_names, alpha_names = list(weight_names), list(alpha_names)
@@ -101,7 +113,7 @@ class Unroll:
         virtual = copy.deepcopy(model, memo)
         for p in virtual.parameters():
             p.grad = None
-        return cls(model, virtual, weight_names, alpha_names, optimizer, train_loss, arch_loss)
+        return cls(model, virtual, weight_names, alpha_names, optimizer, train_loss, arch_loss, float(max_grad_norm))
 
     def weights(self, model: nn.Module | None = None) -> list[nn.Parameter]:
         """The group's weights in ``model`` (default: the real model), in ``weight_names`` order."""

@@ -40,6 +40,7 @@ from nasflow.distributed import (
     shutdown,
 )
 from nasflow.errors import ConfigError
+from nasflow.genotype import Genotype
 from nasflow.registries import STRATEGIES, TASKS
 from nasflow.schema import RunConfig
 from nasflow.task import Task
@@ -269,9 +270,12 @@ def configure_determinism(cfg: RunConfig) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False, resume: str | Path | None = None) -> Path:
-    """Run every stage; returns the run folder. Resumes from ``resume`` (or ``out``) when it holds a checkpoint.
+def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False, resume: str | Path | None = None,
+        genotype: Genotype | None = None, search_only: bool = False) -> Path:
+    """Run the stages; returns the run folder.
 
+    ``genotype`` skips the search (train that architecture); ``search_only`` stops after the
+    genotype is derived. A run folder holding a checkpoint (``resume`` or ``out``) is resumed.
     Under ``torchrun`` every rank searches on its shard; only rank 0 writes files, trains the
     compiled network and evaluates it.
     """
@@ -279,17 +283,20 @@ def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False, resu
     configure_determinism(cfg)
     ctx = init_distributed(cfg.device)
     try:
-        return _run(cfg, ctx, out, quiet or not ctx.is_main, resume)
+        return _run(cfg, ctx, out, quiet or not ctx.is_main, resume, genotype, search_only)
     finally:
         shutdown()
 
 
-def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, resume: str | Path | None) -> Path:
+def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, resume: str | Path | None,
+         genotype: Genotype | None, search_only: bool) -> Path:
     device = ctx.device if ctx.enabled else pick_device(cfg.device)
     task = build_task(cfg, device)
+    if genotype is not None:
+        compile_model(task.build_supernet(), genotype)  # a genotype that does not fit fails before any file is written
     target = resume if resume is not None else out
     state = None
-    if target is not None and _checkpoint_path(Path(target)).is_file():
+    if genotype is None and target is not None and _checkpoint_path(Path(target)).is_file():
         run_dir = Path(target)
         state = _resume_state(run_dir, cfg)
     elif resume is not None:
@@ -297,8 +304,9 @@ def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, 
     else:
         run_dir = Path(broadcast_object(str(make_run_dir(out, cfg.task)) if ctx.is_main else None))
     if not ctx.is_main:
-        result = search(cfg, task, _Progress(quiet=True), run_dir, state, None, ctx)
-        gather_digests(result.model.arch_parameters())  # type: ignore[operator]  # same collectives as rank 0
+        if genotype is None:
+            result = search(cfg, task, _Progress(quiet=True), run_dir, state, None, ctx)
+            gather_digests(result.model.arch_parameters())  # type: ignore[operator]  # same collectives as rank 0
         barrier()  # rank 0 trains, evaluates and writes
         return run_dir
     handler = _setup_logging(run_dir, quiet)
@@ -310,28 +318,22 @@ def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, 
         else:
             log.info("resuming %s from epoch %d, step %d", run_dir, state["epoch"] + 1, state["step_in_epoch"])
         started = time.perf_counter()
-        result = search(cfg, task, progress, run_dir, state, writer, ctx)
-        if ctx.enabled:
-            (run_dir / "distributed.json").write_text(json.dumps({
-                "world_size": ctx.world_size,
-                "alpha_sha256_per_rank": gather_digests(result.model.arch_parameters()),  # type: ignore[operator]
-            }, indent=1) + "\n", encoding="utf-8")
-        genotype = result.model.derive(cfg.search.derive_rule)  # type: ignore[operator]
+        if genotype is None:
+            genotype = _search_stage(cfg, task, progress, run_dir, state, writer, ctx)
         genotype.save(run_dir / "genotype.json")
         _draw(genotype, run_dir / "genotype")
         log.info("genotype: %s", {label: genotype.ops(label) for label in genotype.labels})
+        if search_only:
+            return run_dir
 
         torch.manual_seed(cfg.seed + 1)  # fresh weights for the compiled network
         final = compile_model(task.build_supernet(), genotype).to(device)
         final = train(cfg, task, final, progress)
         metrics = task.evaluate(final, genotype)
         metrics["seconds"] = time.perf_counter() - started
-        writer.images(task.samples(final), len(result.history))
+        writer.images(task.samples(final), cfg.search.epochs)
         writer.hparams(to_dict(cfg), {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-        (run_dir / "search_history.json").write_text(json.dumps(result.history, indent=1) + "\n", encoding="utf-8")
-        (run_dir / "genotype_history.json").write_text(json.dumps(result.genotypes, indent=1) + "\n",
-                                                       encoding="utf-8")
+        _write_json(run_dir / "metrics.json", metrics)
         state_dict = {k: v.detach().cpu() for k, v in final.state_dict().items()}  # loads without map_location
         save_atomic({"state_dict": state_dict, "genotype": genotype.to_dict(), "config": to_dict(cfg)},
                     run_dir / "model.pt")
@@ -344,6 +346,41 @@ def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, 
     return run_dir
 
 
+def _search_stage(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path, state: dict[str, Any] | None,
+                  writer: Any, ctx: DistContext) -> Genotype:
+    result = search(cfg, task, progress, run_dir, state, writer, ctx)
+    if ctx.enabled:
+        _write_json(run_dir / "distributed.json", {
+            "world_size": ctx.world_size,
+            "alpha_sha256_per_rank": gather_digests(result.model.arch_parameters()),  # type: ignore[operator]
+        })
+    _write_json(run_dir / "search_history.json", result.history)
+    _write_json(run_dir / "genotype_history.json", result.genotypes)
+    return result.model.derive(cfg.search.derive_rule)  # type: ignore[operator]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def evaluate_run(run_dir: str | Path) -> dict[str, float]:
+    """Re-evaluate a finished run from its folder (config.yaml, genotype.json, model.pt) into eval.json."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "model.pt"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir} is not a finished run folder: {name} is missing")
+    cfg = from_dict(RunConfig, read_yaml(run_dir / "config.yaml"))
+    saved = load_safe(run_dir / "model.pt")
+    genotype = Genotype.from_dict(saved["genotype"])
+    seed_everything(cfg.seed)
+    task = build_task(cfg, pick_device(cfg.device))
+    model = compile_model(task.build_supernet(), genotype).to(task.device)
+    model.load_state_dict(saved["state_dict"])
+    metrics = task.evaluate(model, genotype)
+    _write_json(run_dir / "eval.json", metrics)
+    return metrics
+
+
 def _draw(genotype: Any, stem: Path) -> None:
     from nasflow.viz import write_genotype_picture
 
@@ -353,5 +390,9 @@ def _draw(genotype: Any, stem: Path) -> None:
 
 
 def run_from_file(config: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
-                  quiet: bool = False, resume: str | Path | None = None) -> Path:
-    return run(load_run_config(config, overrides), out=out, quiet=quiet, resume=resume)
+                  quiet: bool = False, resume: str | Path | None = None, genotype: str | Path | None = None,
+                  search_only: bool = False) -> Path:
+    """``nasflow run|search|train``: load the config, then :func:`run`."""
+    cfg = load_run_config(config, overrides)
+    geno = Genotype.load(genotype) if genotype is not None else None
+    return run(cfg, out=out, quiet=quiet, resume=resume, genotype=geno, search_only=search_only)

@@ -30,7 +30,7 @@ def test_help_teaches_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"nasflow {command} " in out
 
 
-@pytest.mark.parametrize("command", ["viz", "list", "run"])
+@pytest.mark.parametrize("command", ["viz", "list", "run", "search", "train", "eval"])
 def test_subcommand_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
