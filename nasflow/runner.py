@@ -331,7 +331,9 @@ def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, 
         final = train(cfg, task, final, progress)
         metrics = task.evaluate(final, genotype)
         metrics["seconds"] = time.perf_counter() - started
-        writer.images(task.samples(final), cfg.search.epochs)
+        samples = task.samples(final)
+        writer.images(samples, cfg.search.epochs)
+        _save_samples(samples, run_dir / "samples")
         writer.hparams(to_dict(cfg), {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         _write_json(run_dir / "metrics.json", metrics)
         state_dict = {k: v.detach().cpu() for k, v in final.state_dict().items()}  # loads without map_location
@@ -357,6 +359,20 @@ def _search_stage(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path
     _write_json(run_dir / "search_history.json", result.history)
     _write_json(run_dir / "genotype_history.json", result.genotypes)
     return result.model.derive(cfg.search.derive_rule)  # type: ignore[operator]
+
+
+def _save_samples(samples: dict[str, torch.Tensor], folder: Path) -> None:
+    """Sample images as PNG files (CHW or NCHW in [0, 1]; a batch becomes one file per image)."""
+    from PIL import Image
+
+    for name, image in samples.items():
+        batch = image.detach().float().cpu().clamp(0, 1)
+        batch = batch.unsqueeze(0) if batch.dim() == 3 else batch
+        for i, chw in enumerate(batch):
+            folder.mkdir(parents=True, exist_ok=True)
+            array = (chw.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+            suffix = f"_{i}" if len(batch) > 1 else ""
+            Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(folder / f"{name}{suffix}.png")
 
 
 def _write_json(path: Path, data: Any) -> None:

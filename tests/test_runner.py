@@ -61,16 +61,23 @@ def test_unknown_task_option_is_reported_with_its_path(tmp_path: Path) -> None:
         run_from_file("demo", TINY + ["task_options.chanels=3"], out=tmp_path / "r", quiet=True)
 
 
-def test_search_lowers_the_validation_loss_of_the_supernet() -> None:
-    """A real (tiny) first-order search reduces the arch loss it optimises."""
+@pytest.mark.parametrize("hypergradient", ["first_order", "finite_difference"])
+def test_search_lowers_the_validation_loss_of_the_supernet(hypergradient: str) -> None:
+    """A real (tiny) first- or second-order search on the demo task lowers the validation loss."""
     from nasflow.runner import build_task, search, _Progress
 
-    cfg = load_run_config("demo", TINY[1:] + ["search.epochs=6"])
+    cfg = load_run_config("demo", TINY[1:] + ["search.epochs=6", f"search.hypergradient={hypergradient}"])
     torch.manual_seed(0)
     task = build_task(cfg, torch.device("cpu"))
     result = search(cfg, task, _Progress(quiet=True))
     history, model = result.history, result.model
     assert history[-1]["train/loss"] < 0.5 * history[0]["train/loss"]
+    with torch.no_grad():  # the validation (architecture) half, which the search never trained on
+        fresh = build_task(cfg, torch.device("cpu")).build_supernet()
+        _, arch_batches = task.search_batches()
+        before = sum(float(task.arch_loss(fresh, b)["loss"]) for b in arch_batches)
+        after = sum(float(task.arch_loss(model, b)["loss"]) for b in arch_batches)
+    assert after < 0.5 * before
     assert len(result.genotypes) == 6
     plain = compile_model(model, model.derive())
     assert not list(plain.arch.parameters())
@@ -91,3 +98,19 @@ def test_runner_drives_every_strategy_hook_in_order(tmp_path: Path) -> None:
         expected.append(("after_epoch", epoch))
     assert recording_strategy.CALLS == expected
     assert (out / "genotype.json").is_file()
+
+
+def test_task_samples_are_saved_as_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from nasflow.tasks.planted import PlantedTask
+
+    def samples(self, model):  # an image task would show inputs and outputs here
+        return {"pair": torch.stack([torch.zeros(3, 4, 5), torch.ones(3, 4, 5)]), "gray": torch.full((1, 4, 5), 0.5)}
+
+    monkeypatch.setattr(PlantedTask, "samples", samples)
+    out = run_from_file("demo", TINY, out=tmp_path / "r", quiet=True)
+    names = sorted(p.name for p in (out / "samples").iterdir())
+    assert names == ["gray.png", "pair_0.png", "pair_1.png"]
+    assert Image.open(out / "samples" / "pair_1.png").getpixel((0, 0)) == (255, 255, 255)
+    assert Image.open(out / "samples" / "gray.png").getpixel((0, 0)) == 128
