@@ -103,10 +103,13 @@ class BilevelStrategy(Strategy):
         HYPERGRADIENTS.get(hyper)  # fail early on a typo
         loss = spec.loss or self.task.loss
         arch_loss = spec.arch_loss or self.task.arch_loss
+        # the virtual step clips the gradient norm as weight_step does (grad_clip 0: no clipping)
         if hyper == "first_order":  # needs no virtual copy
-            unroll = Unroll(self.model, self.model, weight_names, alpha_names, w_opt, _scalar(loss), _scalar(arch_loss))
+            unroll = Unroll(self.model, self.model, weight_names, alpha_names, w_opt, _scalar(loss), _scalar(arch_loss),
+                            max_grad_norm=cfg.grad_clip)
         else:
-            unroll = Unroll.create(self.model, weight_names, alpha_names, w_opt, _scalar(loss), _scalar(arch_loss))
+            unroll = Unroll.create(self.model, weight_names, alpha_names, w_opt, _scalar(loss), _scalar(arch_loss),
+                                   max_grad_norm=cfg.grad_clip)
         every = over.every if over and over.every else (spec.every or cfg.every)
         warmup = over.warmup if over and over.warmup is not None else (spec.warmup if spec.warmup is not None
                                                                        else cfg.warmup)

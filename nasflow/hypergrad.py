@@ -206,8 +206,46 @@ def _sync_state(model: nn.Module, virtual: nn.Module) -> None:
             vm.relaxation = relaxation
 
 
-def _virtual_step(u: Unroll, train_batch: Any) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """``w'`` written into ``u.virtual`` and, per weight, ``xi = -dw'/dg`` (see the module doc)."""
+EPS_CLIP = 1e-6  # torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6)
+
+
+@dataclass
+class _Step:
+    """What one virtual step leaves for the hypergradient besides ``w'`` (in ``u.virtual``)."""
+
+    xis: list[float]
+    """Per weight, ``xi = -dw'/d(clipped g)`` (lr times the momentum/Nesterov factor)."""
+    grads: list[torch.Tensor]
+    """``g = grad_w L_train(w, a)``, zero-filled, detached, before clipping."""
+    clip: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """``(c, ||g||, c < 1)`` as 0-dim tensors when the group clips (``max_grad_norm > 0``)."""
+    graph: list[torch.Tensor | None] | None = None
+    """``grad_w L_train(w, a)`` with its graph (``create_graph=True``), for the exact HVP; else None."""
+
+
+def _clip_jacobian(step: _Step, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``J^T vector`` for the clipping map ``g -> c(g) g`` (``J`` is symmetric); ``vector`` if none.
+
+    ``c = M / (n + e)``, ``n = ||g||``: ``d(c g)/dg = c (I - g g^T / (n (n + e)))`` while ``c < 1``, and
+    the identity where the clamp to 1 is active. Stays on the device (no host sync).
+    """
+    if step.clip is None:
+        return list(vector)
+    c, norm, active = step.clip
+    dot = sum((g * v).sum() for g, v in zip(step.grads, vector))
+    # torch.where: no nan from 0/0 when the norm is zero (then c is clamped to 1 and the branch is unused)
+    scale = torch.where(active, dot / (norm * (norm + EPS_CLIP)), torch.zeros_like(dot))
+    return [c * (v - scale * g) for g, v in zip(step.grads, vector)]
+
+
+def _virtual_step(u: Unroll, train_batch: Any, create_graph: bool = False) -> tuple[dict[str, torch.Tensor], _Step]:
+    """``w'`` written into ``u.virtual`` and, per weight, ``xi = -dw'/dg`` (see the module doc).
+
+    ``create_graph=True`` (exact HVP) keeps the graph of ``grad_w L_train(w, a)`` in the returned
+    step for a later double backward, and then does NOT restore the real model's buffers: restoring
+    BatchNorm running statistics in place would invalidate the saved tensors of that graph, so the
+    caller must wrap the virtual step and the double backward in :func:`_buffers_kept`.
+    """
     _check_sgd(u.optimizer)
     groups = _group_index(u.optimizer)
     weights = u.weights()
@@ -218,18 +256,37 @@ def _virtual_step(u: Unroll, train_batch: Any) -> tuple[dict[str, torch.Tensor],
     # 1) full state of the real model -> persistent virtual copy
     _sync_state(u.model, u.virtual)
 
-    # 2) g = grad_w L_train(w, a) on the real model
-    with _buffers_kept(u.model):
+    # 2) g = grad_w L_train(w, a) on the real model (with its graph only when the exact HVP reuses it)
+    graph: list[torch.Tensor | None] | None = None
+    with contextlib.nullcontext() if create_graph else _buffers_kept(u.model):
         loss = u.train_loss(u.model, train_batch)
-        grads = _zero_filled(_grads(loss, weights), weights)
+        raw = _grads(loss, weights, create_graph=create_graph)
     del loss
+    grads = _zero_filled(raw, weights)
+    if create_graph:
+        graph = raw
+    del raw
 
-    # 3) w' = w - lr * d, d exactly as torch.optim.SGD computes it (without touching its state)
+    # 3) the real weight step clips the group's gradient norm first (BilevelStrategy.weight_step:
+    #    clip_grad_norm_(weights, grad_clip), then SGD); same norm, coefficient and product as torch.
+    #    Under torch.distributed the real step clips the rank-AVERAGED gradient, while this uses the
+    #    local one: the documented approximation of the virtual step (as for g itself).
+    clip = None
+    step_grads = grads
+    if u.max_grad_norm > 0:
+        with torch.no_grad():
+            norm = torch.nn.utils.get_total_norm(grads, 2.0)
+            coef = u.max_grad_norm / (norm + EPS_CLIP)
+            c = torch.clamp(coef, max=1.0)
+            step_grads = [g * c.to(g.device) for g in grads]
+        clip = (c, norm, coef < 1.0)
+
+    # 4) w' = w - lr * d, d exactly as torch.optim.SGD computes it (without touching its state)
     virtual = u.weights(u.virtual)
     out: dict[str, torch.Tensor] = {}
     xis: list[float] = []
     with torch.no_grad():
-        for name, w, g, vw in zip(u.weight_names, weights, grads, virtual):
+        for name, w, g, vw in zip(u.weight_names, weights, step_grads, virtual):
             group = groups[id(w)]
             lr = _scalar(group["lr"])
             wd = _scalar(group["weight_decay"])
@@ -239,42 +296,41 @@ def _virtual_step(u: Unroll, train_batch: Any) -> tuple[dict[str, torch.Tensor],
             d = g
             if wd != 0:
                 d = d.add(w, alpha=wd)
-            coef = 1.0  # d(d)/dg
+            coef_d = 1.0  # d(d)/dg
             if mu != 0:
                 buf = u.optimizer.state.get(w, {}).get("momentum_buffer")
                 if buf is None:
                     new_buf = d  # torch: buf = clone(d_p) on the first step (no dampening)
                 else:
                     new_buf = buf.mul(mu).add_(d, alpha=1 - damp)
-                    coef = 1 - damp
+                    coef_d = 1 - damp
                 if nesterov:
                     d = d.add(new_buf, alpha=mu)
-                    coef = 1 + mu * coef
+                    coef_d = 1 + mu * coef_d
                 else:
                     d = new_buf
             vw.copy_(w)
             vw.add_(d, alpha=-lr)  # in place: the virtual model's own tensor now holds w'
             out[name] = vw.detach()
-            xis.append(lr * coef)
-    return out, xis
+            xis.append(lr * coef_d)
+    return out, _Step(xis, grads, clip, graph)
 
 
 def virtual_step(u: Unroll, train_batch: Any) -> dict[str, torch.Tensor]:
     """One virtual step of the real SGD optimizer, written into ``u.virtual`` in place (DARTS eq. 6).
 
     Copies the model's full state into the persistent virtual copy, computes
-    ``g = grad_w L_train(w, a)`` on the real model (unused weights get zero) and writes
+    ``g = grad_w L_train(w, a)`` on the real model (unused weights get zero), clips it as
+    ``clip_grad_norm_(weights, u.max_grad_norm)`` would (when ``max_grad_norm > 0``) and writes
     ``w' = w - lr * d`` into the virtual copy's group weights, where ``d`` is the direction
-    ``torch.optim.SGD.step`` would take for ``g``: weight decay, momentum with the optimizer's
-    existing buffer (``buf = d`` if none yet), dampening, Nesterov, and the *current* lr of the
-    weight's param group. The real weights, buffers and optimizer state are left untouched.
+    ``torch.optim.SGD.step`` would take for the clipped ``g``: weight decay, momentum with the
+    optimizer's existing buffer (``buf = d`` if none yet), dampening, Nesterov, and the *current* lr
+    of the weight's param group. The real weights, buffers and optimizer state are left untouched.
 
     Returns ``{weight name: w'}`` (detached views of the virtual copy's tensors).
     Raises :class:`~nasflow.errors.ConfigError` unless the optimizer is SGD without ``maximize``.
     """
     return _virtual_step(u, train_batch)[0]
-
-
 def hvp_finite_difference(
     u: Unroll, train_batch: Any, vector: Sequence[torch.Tensor], radius: float = FD_RADIUS
 ) -> list[torch.Tensor]:
@@ -314,32 +370,54 @@ def hvp_finite_difference(
     return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
 
 
-def hvp_autograd(u: Unroll, train_batch: Any, vector: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``H vector`` exactly: ``grad_a (grad_w L_train(w, a) . vector)`` by double backprop on the real model."""
-    weights, alphas = u.weights(), u.alphas()
-    with _buffers_kept(u.model):
-        loss = u.train_loss(u.model, train_batch)
-        grads = _grads(loss, weights, create_graph=True)
-        dot: torch.Tensor | None = None
-        for g, v in zip(grads, vector):
-            if g is not None:
-                term = (g * v.detach()).sum()
-                dot = term if dot is None else dot + term
-        if dot is None:
-            return [torch.zeros_like(a) for a in alphas]
-        return _zero_filled(_grads(dot, alphas), alphas)
+def hvp_autograd(
+    u: Unroll,
+    train_batch: Any,
+    vector: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor | None] | None = None,
+) -> list[torch.Tensor]:
+    """``H vector`` exactly: ``grad_a (grad_w L_train(w, a) . vector)`` by double backprop on the real model.
+
+    ``grads``: ``grad_w L_train(w, a)`` already computed with ``create_graph=True`` (the virtual step
+    of :func:`exact_hvp`); its graph is consumed (freed) here. Without it, the training loss and its
+    gradient are recomputed.
+    """
+    alphas = u.alphas()
+    if grads is None:
+        with _buffers_kept(u.model):
+            loss = u.train_loss(u.model, train_batch)
+            return hvp_autograd(u, train_batch, vector, _grads(loss, u.weights(), create_graph=True))
+    dot: torch.Tensor | None = None
+    for g, v in zip(grads, vector):
+        if g is not None:
+            term = (g * v.detach()).sum()
+            dot = term if dot is None else dot + term
+    if dot is None or not dot.requires_grad:
+        return [torch.zeros_like(a) for a in alphas]
+    return _zero_filled(_grads(dot, alphas), alphas)
 
 
-def _unrolled(u: Unroll, train_batch: Any, val_batch: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``grad_a L_val(w', a)`` and ``xi * v``, ``v = grad_{w'} L_val(w', a)``, on the virtual copy."""
-    _, xis = _virtual_step(u, train_batch)
+def _unrolled_step(
+    u: Unroll, train_batch: Any, val_batch: Any, create_graph: bool = False
+) -> tuple[list[torch.Tensor], list[torch.Tensor], _Step]:
+    """``grad_a L_val(w', a)``, the HVP vector and the virtual step (see :func:`_unrolled`)."""
+    _, step = _virtual_step(u, train_batch, create_graph=create_graph)
     v_alphas, v_weights = u.alphas(u.virtual), u.weights(u.virtual)
     loss = u.arch_loss(u.virtual, val_batch)
     grads = _zero_filled(_grads(loss, v_alphas + v_weights), v_alphas + v_weights)
+    del loss
     dalpha, v = grads[: len(v_alphas)], grads[len(v_alphas) :]
-    return dalpha, [xi * g for xi, g in zip(xis, v)]
+    return dalpha, _clip_jacobian(step, [xi * g for xi, g in zip(step.xis, v)]), step
 
 
+def _unrolled(u: Unroll, train_batch: Any, val_batch: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``grad_a L_val(w', a)`` and ``J^T (xi * v)``, ``v = grad_{w'} L_val(w', a)``, on the virtual copy.
+
+    ``J`` is the Jacobian of the gradient clipping (the identity without it), so the HVP of this
+    vector is ``-dL_val(w')/dg`` contracted with ``H``.
+    """
+    dalpha, xv, _ = _unrolled_step(u, train_batch, val_batch)
+    return dalpha, xv
 @HYPERGRADIENTS.register("first_order")
 def first_order(u: Unroll, train_batch: Any, val_batch: Any) -> list[torch.Tensor]:
     """First-order DARTS: ``grad_a L_val(w, a)`` on the real model (eq. 6 with ``xi = 0``)."""
@@ -367,7 +445,12 @@ def exact_hvp(u: Unroll, train_batch: Any, val_batch: Any) -> list[torch.Tensor]
     """Second-order DARTS, eq. 7 with the exact Hessian-vector product (the oracle of eq. 8).
 
     ``g_a = grad_a L_val(w', a) - xi * grad_a (grad_w L_train(w, a) . v)``, ``v = grad_{w'} L_val(w', a)``.
+    ``grad_w L_train(w, a)`` is computed once, with its graph, by the virtual step and reused for the
+    double backward (no second training forward); the real buffers are restored after it.
     """
-    dalpha, xv = _unrolled(u, train_batch, val_batch)
-    hv = hvp_autograd(u, train_batch, xv)
+    with _buffers_kept(u.model):
+        dalpha, xv, step = _unrolled_step(u, train_batch, val_batch, create_graph=True)
+        graph, step.graph = step.graph, None
+        hv = hvp_autograd(u, train_batch, xv, grads=graph)
+        del graph
     return [d - h for d, h in zip(dalpha, hv)]

@@ -163,17 +163,24 @@ def train_grad(model: nn.Module, names: list[str], batch) -> list[torch.Tensor]:
     return [torch.zeros_like(w) if g is None else g for w, g in zip(ws, gs)]
 
 
-def unrolled_oracle(model, opt, names, train, val) -> list[torch.Tensor]:
-    """d/da L_val(w'(a), a) by plain autograd through a differentiable copy of the SGD step."""
+def unrolled_oracle(model, opt, names, train, val, max_norm: float = 0.0) -> list[torch.Tensor]:
+    """d/da L_val(w'(a), a) by plain autograd through a differentiable copy of the SGD step.
+
+    ``max_norm > 0``: through torch's gradient clipping too, ``g * clamp(max_norm / (||g|| + 1e-6), max=1)``.
+    """
     params = dict(model.named_parameters())
     ws = [params[n] for n in names]
     gs = torch.autograd.grad(mse(model, train), ws, create_graph=True, allow_unused=True)
+    gs = [torch.zeros_like(w) if g is None else g for w, g in zip(ws, gs)]
+    if max_norm > 0:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in gs]))
+        gs = [g * torch.clamp(max_norm / (norm + 1e-6), max=1.0) for g in gs]
     group = opt.param_groups[0]
     lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
     damp, nesterov = group["dampening"], group["nesterov"]
     new = {}
     for n, w, g in zip(names, ws, gs):
-        d = (torch.zeros_like(w) if g is None else g) + wd * w.detach()
+        d = g + wd * w.detach()
         if mu:
             buf = opt.state[w].get("momentum_buffer")
             nb = d if buf is None else mu * buf + (1 - damp) * d
@@ -252,6 +259,98 @@ def test_exact_hvp_is_the_derivative_of_the_unrolled_step(kw):
     ex = exact_hvp(u, train, val)
     assert rel(ex, oracle) < 1e-9
     assert rel(finite_difference(u, train, val), oracle) < 1e-3
+
+
+# -- 1b. gradient clipping (Unroll.max_grad_norm, the real step's clip_grad_norm_) ---------------------
+
+
+def group_norm(model, u, train) -> float:
+    return float(torch.nn.utils.get_total_norm(train_grad(model, u.weight_names, train)))
+
+
+def clipped(model, opt, u, max_norm: float) -> Unroll:
+    return Unroll.create(model, u.weight_names, GROUP_ALPHAS, opt, mse, mse, max_grad_norm=max_norm)
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(nesterov=True), dict(real_step=False), dict(dampening=0.2)],
+    ids=["momentum", "nesterov", "first-step", "dampening"],
+)
+def test_exact_hvp_is_the_derivative_of_the_clipped_unrolled_step(kw, monkeypatch):
+    """With clipping active (c < 1) eq. 7 needs the exact Jacobian of the clip, c (I - g g^T / (n (n + 1e-6)))."""
+    model, opt, u, train, val = make(**kw)
+    opt.param_groups[0]["lr"] = 0.3  # large: the clip scales the step down
+    max_norm = 0.3 * group_norm(model, u, train)  # c ~ 0.3
+    uc = clipped(model, opt, u, max_norm)
+    oracle = unrolled_oracle(model, opt, u.weight_names, train, val, max_norm)
+    ex = exact_hvp(uc, train, val)
+    assert rel(ex, oracle) < 1e-9
+    assert rel(finite_difference(uc, train, val), oracle) < 1e-3
+    # the test means something: the unclipped unroll, and c I without the projection, are both wrong
+    assert rel(exact_hvp(u, train, val), oracle) > 1e-3
+    monkeypatch.setattr(hypergrad, "_clip_jacobian", lambda step, vec: [step.clip[0] * x for x in vec])
+    assert rel(exact_hvp(uc, train, val), oracle) > 1e-4
+
+
+def test_inactive_clipping_changes_nothing():
+    model, opt, u, train, val = make()
+    uc = clipped(model, opt, u, 3.0 * group_norm(model, u, train))
+    for fn in (finite_difference, exact_hvp):
+        assert torch.equal(fn(uc, train, val)[0], fn(u, train, val)[0])
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, None], ids=["active", "inactive", "zero-gradient"])
+def test_clip_jacobian_is_the_vjp_of_torch_clipping(scale):
+    """``_clip_jacobian`` == vjp of ``g -> g * clamp(M / (||g|| + 1e-6), max=1)`` (torch's formula)."""
+    gen = torch.Generator().manual_seed(5)
+    gs = [torch.randn(3, 4, generator=gen, dtype=torch.float64), torch.randn(5, generator=gen, dtype=torch.float64)]
+    if scale is None:
+        gs, scale = [torch.zeros_like(g) for g in gs], 1.0
+    vec = [torch.randn(g.shape, generator=gen, dtype=torch.float64) for g in gs]
+    max_norm = scale * float(torch.nn.utils.get_total_norm(gs)) or 0.5
+
+    def clip(*g):
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g]))
+        return tuple(x * torch.clamp(max_norm / (norm + 1e-6), max=1.0) for x in g)
+
+    norm = torch.nn.utils.get_total_norm(gs)
+    coef = max_norm / (norm + 1e-6)
+    step = hypergrad._Step([1.0, 1.0], gs, (torch.clamp(coef, max=1.0), norm, coef < 1.0))
+    got = hypergrad._clip_jacobian(step, vec)
+    if float(norm) > 0:
+        expect = torch.autograd.functional.vjp(clip, tuple(gs), tuple(vec))[1]
+    else:
+        expect = vec  # the clamp is active: identity
+    for a, b in zip(got, expect):
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-15)
+        assert torch.isfinite(a).all()
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0], ids=["active", "inactive"])
+@pytest.mark.parametrize("nesterov, real_step", [(False, True), (True, False)], ids=["buffer", "first-step-nesterov"])
+def test_virtual_step_equals_real_clipped_sgd_step(scale, nesterov, real_step):
+    """w' == clip_grad_norm_(group weights, M) then optimizer.step() on a clone of model and optimizer."""
+    model, opt, u, train, val = make(nesterov=nesterov, real_step=real_step)
+    opt.param_groups[0]["lr"] = 0.0123
+    g = train_grad(model, u.weight_names, train)
+    max_norm = scale * float(torch.nn.utils.get_total_norm(g))
+    uc = clipped(model, opt, u, max_norm)
+
+    w_prime = virtual_step(uc, train)
+
+    ref_model, ref_opt = copy.deepcopy((model, opt))
+    ref_params = dict(ref_model.named_parameters())
+    ref_ws = [ref_params[n] for n in u.weight_names]
+    for w, gi in zip(ref_ws, g):
+        w.grad = gi.clone()
+    total = torch.nn.utils.clip_grad_norm_(ref_ws, max_norm)
+    assert (float(total) > max_norm) == (scale < 1)
+    ref_opt.step()
+    unclipped = {n: t.clone() for n, t in virtual_step(u, train).items()}
+    for n in u.weight_names:
+        assert torch.allclose(w_prime[n], ref_params[n], rtol=0, atol=1e-12), n
+    differs = any(not torch.equal(w_prime[n], unclipped[n]) for n in u.weight_names)
+    assert differs == (scale < 1)
 
 
 # -- 2. nothing real changes ----------------------------------------------------------------------

@@ -7,6 +7,10 @@ central differences in single alpha entries. The architecture gradients of ``fin
 ``exact_hvp`` must match it (sign and scale of the second-order term), both called directly and as
 ``BilevelStrategy.arch_step`` hands them to the Adam optimizer of the alphas.
 
+With gradient clipping (``max_grad_norm = M > 0``, as ``search.grad_clip`` makes the real weight step
+do), ``grad_w L_train`` is replaced by ``c g``, ``c = min(1, M / (||g|| + 1e-6))`` (torch's
+``clip_grad_norm_``), in ``F`` as in the real step; the tests choose ``M`` so that ``c < 1``.
+
 The cells use tanh instead of LeakyReLU (smooth in w and a, see tests/test_hypergrad.py) and float64.
 """
 
@@ -73,8 +77,12 @@ def data(seed: int = 1):
     return (mk(), mk()), (mk(), mk())  # (train x, y), (val x, y)
 
 
-def unrolled_objective(model, opt, weight_names, train, val, alpha: torch.Tensor) -> float:
-    """``F(alpha) = L_val(w'(alpha), alpha)``, by functional_call only (the model is not touched)."""
+def unrolled_objective(model, opt, weight_names, train, val, alpha: torch.Tensor, max_norm: float = 0.0) -> float:
+    """``F(alpha) = L_val(w'(alpha), alpha)``, by functional_call only (the model is not touched).
+
+    ``max_norm > 0``: the gradient is clipped first, ``g * min(1, max_norm / (||g|| + 1e-6))`` (global
+    norm over the weights), and the clipping must be active (``||g|| > max_norm``).
+    """
     params = dict(model.named_parameters())
     w = {n: params[n].detach().clone().requires_grad_(True) for n in weight_names}
     x, y = train
@@ -83,10 +91,15 @@ def unrolled_objective(model, opt, weight_names, train, val, alpha: torch.Tensor
     group = opt.param_groups[0]
     lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
     assert group["dampening"] == 0 and not group["nesterov"]
+    grads = [torch.zeros_like(wi) if g is None else g for wi, g in zip(w.values(), grads)]
+    if max_norm > 0:
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        assert norm > max_norm, f"clipping is not active (||g|| = {norm} <= {max_norm})"
+        c = min(1.0, max_norm / (norm + 1e-6))
+        grads = [c * g for g in grads]
     new = {}
     with torch.no_grad():
         for (n, wi), g in zip(w.items(), grads):
-            g = torch.zeros_like(wi) if g is None else g
             buf = opt.state[params[n]].get("momentum_buffer") if mu else None
             step = g + wd * wi + (mu * buf if buf is not None else 0.0)
             new[n] = wi - lr * step
@@ -94,14 +107,14 @@ def unrolled_objective(model, opt, weight_names, train, val, alpha: torch.Tensor
         return float(F.mse_loss(functional_call(model, {**new, ALPHA: alpha}, (x,)), y))
 
 
-def numerical_grad(model, opt, weight_names, train, val) -> dict[tuple[int, int], float]:
+def numerical_grad(model, opt, weight_names, train, val, max_norm: float = 0.0) -> dict[tuple[int, int], float]:
     alpha = dict(model.named_parameters())[ALPHA].detach()
     out = {}
     for r, c in ENTRIES:
         e = torch.zeros_like(alpha)
         e[r, c] = H
-        fp = unrolled_objective(model, opt, weight_names, train, val, alpha + e)
-        fm = unrolled_objective(model, opt, weight_names, train, val, alpha - e)
+        fp = unrolled_objective(model, opt, weight_names, train, val, alpha + e, max_norm)
+        fm = unrolled_objective(model, opt, weight_names, train, val, alpha - e, max_norm)
         out[(r, c)] = (fp - fm) / (2 * H)
     return out
 
@@ -124,24 +137,34 @@ def real_sgd_step(model, opt, names, batch) -> None:
 CANDIDATES = {"ruas": None, "pools": ["skip_connect", "max_pool_3x3", "avg_pool_3x3"]}
 
 
+# clip: max_grad_norm (0: none). The group's gradient norms here are ~0.45 (ruas) and ~2.2 (pools): 0.1
+# clips both hard (c ~ 0.2 and 0.05), and a larger lr keeps the second-order term large.
+CLIP = {"noclip": (0.0, 0.1), "clip": (0.1, 1.0)}  # (max_grad_norm, current lr)
+
+
+@pytest.mark.parametrize("clip", sorted(CLIP))
 @pytest.mark.parametrize("space", sorted(CANDIDATES))
-def test_hypergradients_match_numerical_derivative_of_unrolled_objective(space):
+def test_hypergradients_match_numerical_derivative_of_unrolled_objective(space, clip):
+    max_norm, lr = CLIP[clip]
     model = TinyNet(CANDIDATES[space]).double()
     train, val = data()
     names = [n for n, _ in model.named_weight_parameters()]
     opt = torch.optim.SGD([p for _, p in model.named_weight_parameters()], lr=0.2, momentum=0.9, weight_decay=3e-4)
     real_sgd_step(model, opt, names, train)  # a momentum buffer exists from now on
-    opt.param_groups[0]["lr"] = 0.1  # as after a scheduler step: the current lr is xi
-    u = Unroll.create(model, names, [ALPHA], opt, mse, mse)
+    opt.param_groups[0]["lr"] = lr  # as after a scheduler step: the current lr is xi
+    u = Unroll.create(model, names, [ALPHA], opt, mse, mse, max_grad_norm=max_norm)
 
-    num = numerical_grad(model, opt, names, train, val)
+    num = numerical_grad(model, opt, names, train, val, max_norm)
     ex = exact_hvp(u, train, val)[0]
     fd = finite_difference(u, train, val)[0]
     fo = first_order(u, train, val)[0]
-    assert max_rel_err(ex, num) < 1e-6  # measured ~1e-9
+    assert max_rel_err(ex, num) < 1e-7  # measured ~1e-9
     assert max_rel_err(fd, num) < 1e-3  # O(eps^2) error of the eq. 8 central difference
     # the test means something: first order is far from the unrolled derivative
     assert max_rel_err(fo, num) > 1e-2
+    if max_norm:  # and the clip matters: the unclipped unroll is far off (measured O(1))
+        unclipped = Unroll.create(model, names, [ALPHA], opt, mse, mse)
+        assert max_rel_err(exact_hvp(unclipped, train, val)[0], num) > 1e-2
 
 
 # -- the same through BilevelStrategy.arch_step -----------------------------------------------------
@@ -170,14 +193,17 @@ class TinyTask(Task):
         return {}
 
 
+@pytest.mark.parametrize("grad_clip", [0.0, 0.1], ids=["noclip", "clip"])
 @pytest.mark.parametrize("hyper, tol", [("exact_hvp", 1e-6), ("finite_difference", 1e-3)])
-def test_bilevel_arch_step_applies_the_unrolled_gradient(hyper, tol):
+def test_bilevel_arch_step_applies_the_unrolled_gradient(hyper, tol, grad_clip):
+    """``search.grad_clip`` reaches the virtual step: with it, the gradient is that of the clipped unroll."""
     task = TinyTask()
     model = task.build_supernet()
-    config = from_dict(SearchConfig, {"strategy": "darts", "epochs": 2, "hypergradient": hyper, "grad_clip": 0.0,
+    config = from_dict(SearchConfig, {"strategy": "darts", "epochs": 2, "hypergradient": hyper, "grad_clip": grad_clip,
                                       "weight_optimizer": {"lr": 0.2, "momentum": 0.9, "weight_decay": 3e-4}})
     s = STRATEGIES.get("darts")(model, task, config, 2)
     (g,) = s.groups
+    assert g.unroll.max_grad_norm == grad_clip
     (wb, _), (ab, _) = task.search_batches()[0], task.search_batches()[1]
 
     seen: list[tuple[dict, torch.Tensor]] = []
@@ -186,7 +212,7 @@ def test_bilevel_arch_step_applies_the_unrolled_gradient(hyper, tol):
     def spy(*args, **kwargs):
         # called inside arch_step, before the weight step of this search step: the real state is (w, buf, lr)
         alpha = dict(model.named_parameters())[ALPHA]
-        seen.append((numerical_grad(model, g.w_opt, g.weight_names, wb, ab), alpha.grad.detach().clone()))
+        seen.append((numerical_grad(model, g.w_opt, g.weight_names, wb, ab, grad_clip), alpha.grad.detach().clone()))
         return real_step(*args, **kwargs)
 
     g.a_opt.step = spy
