@@ -18,13 +18,7 @@ from nasflow.space import build_space
 from nasflow.supernet import Supernet, tag
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead, and spin badly on a loaded 2-core box (50x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads only add overhead
 
 
 GROUP_ALPHAS = ["arch.alphas.a"]

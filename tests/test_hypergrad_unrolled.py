@@ -39,12 +39,7 @@ ALPHA = "arch.alphas.a"
 ENTRIES = [(0, 0), (0, 2), (1, 1), (3, 0), (4, 2), (6, 1)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads only add overhead
 
 
 class TinyNet(Supernet):

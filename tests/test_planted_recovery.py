@@ -36,12 +36,7 @@ def _benchmark():
     return sys.modules[name]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads only add overhead
 
 
 def sign_flip_p_value(diffs: list[float]) -> float:
