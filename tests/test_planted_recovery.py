@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 SEEDS = list(range(12))
 ROOT = Path(__file__).resolve().parents[1]

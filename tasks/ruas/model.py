@@ -1,0 +1,155 @@
+"""The RUAS network (Liu et al., CVPR 2021) as a nasflow supernet.
+
+Everything RUAS-specific (illumination, noise, the unrolled Retinex updates) lives here; the
+engine only sees supercells with the labels ``iem`` and ``nrm``.
+
+* IEM (illumination estimation module), ``iem_stages`` distill supercells on 3 channels that
+  share one alpha (label ``iem``). With ``y`` the low-light input::
+
+      x_0 = maxfilter(y)
+      x_k = maxfilter(u_{k-1}) - 0.5 * (u_{k-1} - y)        (k > 0)
+      t_k = clamp(sigmoid(cell_k(x_k)), 0.001, 1)
+      u_k = clamp(y / t_k, 0, 1)
+
+* NRM (noise removal module), label ``nrm``: a 3x3 conv 3 -> C (the stem), ``nrm_cells`` distill
+  supercells on C channels applied in sequence, a 3x3 conv C -> 3 predicting the noise ``n``;
+  the output is ``u - n`` (left unclamped; evaluation clamps).
+
+Supercells sit directly in module lists, so :func:`nasflow.compile.compile_model` replaces them
+in place and the compiled network runs through the same :meth:`RUASNet.forward`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasflow.genotype import GenoEdge, Genotype
+from nasflow.space import CellSpace
+from nasflow.spaces.distill_cell import DistillCellSpace
+from nasflow.supernet import Supernet, tag
+
+T_MIN = 0.001  # lower clamp of the illumination map (as released)
+STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as released)
+
+
+def max_filter2x2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max filter, stride 1, per channel, zero padding at the bottom and right.
+
+    Equal to ``F.max_pool2d(F.pad(x, (0, 1, 0, 1)), 2, stride=1)`` (the released code) but computed
+    as the maximum of four shifted views of the padded tensor, about 20x faster on CPU. At ties the
+    gradient is split between the tied inputs (``max_pool2d`` gives it all to one of them).
+    """
+    p = F.pad(x, (0, 1, 0, 1))
+    top = torch.maximum(p[..., :-1, :-1], p[..., :-1, 1:])
+    bottom = torch.maximum(p[..., 1:, :-1], p[..., 1:, 1:])
+    return torch.maximum(top, bottom)
+
+
+class RUASOutput(NamedTuple):
+    """What :class:`RUASNet` returns.
+
+    ``u``: enhanced image after the IEM (last stage); ``t``: last illumination map; ``ts``: the
+    illumination maps of all stages, in order; ``n``: predicted noise (zeros without NRM);
+    ``out``: ``u - n``, unclamped.
+    """
+
+    u: torch.Tensor
+    t: torch.Tensor
+    ts: list[torch.Tensor]
+    n: torch.Tensor
+    out: torch.Tensor
+
+
+class RUASNet(Supernet):
+    """RUAS: unrolled IEM stages (label ``iem``) followed by an optional NRM (label ``nrm``).
+
+    Modules: ``iem_cells`` (ModuleList), and with ``use_nrm``: ``nrm_stem``, ``nrm_cells``
+    (ModuleList), ``nrm_out``. The stem and out convs are tagged ``nrm`` so that they train with
+    the NRM weights. ``use_nrm=False`` is RUAS_i (IEM only): ``n`` is zeros and ``out == u``.
+    """
+
+    def __init__(
+        self,
+        space: CellSpace | None = None,
+        iem_stages: int = 3,
+        nrm_cells: int = 3,
+        iem_channels: int = 3,
+        nrm_channels: int = 6,
+        use_nrm: bool = True,
+    ) -> None:
+        super().__init__()
+        if iem_stages < 1:
+            raise ValueError(f"iem_stages must be at least 1, got {iem_stages}")
+        if iem_channels != 3:
+            raise ValueError(f"the IEM cells act on the RGB image itself: iem_channels must be 3, got {iem_channels}")
+        if use_nrm and (nrm_cells < 0 or nrm_channels < 1):
+            raise ValueError(f"bad NRM size: nrm_cells={nrm_cells}, nrm_channels={nrm_channels}")
+        self.space = space if space is not None else DistillCellSpace()
+        if len(self.space.graph().inputs) != 1:
+            raise ValueError(f"RUAS needs a space whose cells take one input; '{self.space.name}' cells take "
+                             f"{len(self.space.graph().inputs)}")
+        self.use_nrm = use_nrm
+        self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
+        if use_nrm:
+            self.nrm_stem = tag(nn.Conv2d(3, nrm_channels, 3, padding=1, bias=True), "nrm")
+            self.nrm_cells = nn.ModuleList(
+                self.space.supercell(self.arch, "nrm", nrm_channels) for _ in range(nrm_cells)
+            )
+            self.nrm_out = tag(nn.Conv2d(nrm_channels, 3, 3, padding=1, bias=True), "nrm")
+
+    def illumination(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The IEM: ``(u_K, [t_1, ..., t_K])``."""
+        ts: list[torch.Tensor] = []
+        u = y
+        for k, cell in enumerate(self.iem_cells):
+            x = max_filter2x2(y) if k == 0 else max_filter2x2(u) - STEP * (u - y)
+            t = torch.clamp(torch.sigmoid(cell(x)), T_MIN, 1.0)
+            u = torch.clamp(y / t, 0.0, 1.0)
+            ts.append(t)
+        return u, ts
+
+    def noise(self, u: torch.Tensor) -> torch.Tensor:
+        """The NRM's noise estimate ``n`` for the IEM output ``u`` (zeros without NRM)."""
+        if not self.use_nrm:
+            return torch.zeros_like(u)
+        feat = self.nrm_stem(u)
+        for cell in self.nrm_cells:
+            feat = cell(feat)
+        return self.nrm_out(feat)
+
+    def forward(self, y: torch.Tensor) -> RUASOutput:
+        u, ts = self.illumination(y)
+        n = self.noise(u)
+        return RUASOutput(u=u, t=ts[-1], ts=ts, n=n, out=u - n)
+
+
+# --- the genotypes of the paper -------------------------------------------------------------------
+PAPER_OPS: dict[str, tuple[str, ...]] = {
+    "iem": ("skip_connect", "resconv_1x1", "resdilconv_3x3", "conv_3x3", "conv_3x3", "skip_connect", "conv_3x3"),
+    "nrm": ("resconv_1x1", "resconv_1x1", "resdilconv_3x3", "skip_connect", "resconv_1x1", "resconv_1x1",
+            "skip_connect"),
+}
+
+
+def _edges(space: CellSpace, ops: tuple[str, ...]) -> tuple[GenoEdge, ...]:
+    """One op per graph edge, in the space's edge order (c1_d, c1_r, c2_d, c2_r, c3_d, c3_r, c4)."""
+    graph = space.graph()
+    if len(ops) != len(graph.edges):
+        raise ValueError(f"expected {len(graph.edges)} ops, got {len(ops)}")
+    return tuple(GenoEdge(op, e.src, e.dst) for op, e in zip(ops, graph.edges))
+
+
+def paper_genotype(use_nrm: bool = True) -> Genotype:
+    """The genotypes reported by RUAS (and in its released checkpoints); IEM only if not ``use_nrm``."""
+    space = DistillCellSpace()
+    labels = ("iem", "nrm") if use_nrm else ("iem",)
+    return Genotype.from_cells(
+        space.name, {label: _edges(space, PAPER_OPS[label]) for label in labels}, {"source": "RUAS paper"}
+    )
+
+
+PAPER_GENOTYPE: Genotype = paper_genotype(True)
