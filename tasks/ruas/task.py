@@ -1,0 +1,172 @@
+"""The RUAS task: data, the unrolled supernet, reference-free losses, cooperative groups, metrics.
+
+Search groups (``cooperative`` strategy, RUAS sec. 3.3): the IEM group updates the ``iem``
+alphas with an architecture loss that includes the NRM loss (the cooperative term), its weights
+with the IEM loss alone; the NRM group updates ``nrm`` every ``nrm_every`` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from nasflow.errors import ConfigError
+from nasflow.genotype import Genotype
+from nasflow.supernet import Supernet
+from nasflow.task import GroupSpec, Task
+from nasflow.tasks.ruas.data import PairedFolders, SyntheticLowLight, UnpairedFolder
+from nasflow.tasks.ruas.losses import iem_loss, nrm_loss
+from nasflow.tasks.ruas.model import RUASNet
+
+
+@dataclass
+class RUASOptions:
+    data: str = field(default="synthetic", metadata={"choices": ("synthetic", "folders")})
+    root: str | None = None  # folders: the data root (e.g. ../shared/data)
+    train: str = "sice_dark"  # folders: unpaired low-light training images, relative to root
+    eval_low: str = "lol/low"  # folders: paired evaluation, relative to root
+    eval_high: str | None = "lol/high"  # None: no reference (no-reference statistics only)
+    variants: int = field(default=4, metadata={"min": 1})  # synthetic: degraded variants per photo
+    crop: int = field(default=64, metadata={"min": 8})
+    batch_size: int = field(default=4, metadata={"min": 1})
+    max_train_images: int | None = field(default=None, metadata={"min": 2})
+    iem_stages: int = field(default=3, metadata={"min": 1})
+    nrm_cells: int = field(default=3, metadata={"min": 1})
+    use_nrm: bool = True
+    smooth: str = field(default="smooth_edge_aware", metadata={"choices": ("smooth_edge_aware", "smooth_legacy")})
+    smooth_weight: float = field(default=1.0, metadata={"min": 0.0})
+    nrm_every: int = field(default=10, metadata={"min": 1})
+
+
+class RUASTask(Task):
+    """RUAS low-light enhancement: unrolled IEM (+ NRM) searched cooperatively, reference-free."""
+
+    name = "ruas"
+    Options = RUASOptions
+
+    def __init__(self, options: RUASOptions, *, seed: int, device: torch.device) -> None:
+        super().__init__(options, seed=seed, device=device)
+        self.epoch = 0
+        self.train_set, self.eval_set = self._datasets()
+        if len(self.train_set) < 2:
+            raise ConfigError("task_options: the training set needs at least 2 images")
+
+    def _datasets(self) -> tuple[Dataset, Dataset]:
+        o = self.options
+        if o.data == "synthetic":
+            train = SyntheticLowLight("train", variants=o.variants, crop=o.crop, seed=self.seed)
+            return train, SyntheticLowLight("test", variants=o.variants, seed=self.seed)
+        if o.root is None:
+            raise ConfigError("task_options.root: data 'folders' needs a root folder (e.g. ../shared/data)")
+        root = Path(o.root)
+        train: Dataset = UnpairedFolder(root / o.train, crop=o.crop, seed=self.seed)
+        if o.max_train_images is not None and len(train) > o.max_train_images:
+            train = Subset(train, list(range(o.max_train_images)))
+        if o.eval_high is None:
+            return train, UnpairedFolder(root / o.eval_low, crop=None, flip=False, seed=self.seed)
+        return train, PairedFolders(root, low=o.eval_low, high=o.eval_high)
+
+    # -- data -------------------------------------------------------------------------------------
+    def _train_images(self) -> torch.Tensor:
+        """This epoch's crops of every training image, as one tensor (small sets: no loader)."""
+        data = self.train_set.dataset if isinstance(self.train_set, Subset) else self.train_set
+        data.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        loader = DataLoader(self.train_set, batch_size=len(self.train_set), shuffle=False)
+        batch = next(iter(loader))
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        return images[order].to(self.device)
+
+    def _chunks(self, images: torch.Tensor) -> list[torch.Tensor]:
+        bs = self.options.batch_size
+        return [images[i : i + bs] for i in range(0, len(images) - bs + 1, bs)] or [images]
+
+    def search_batches(self) -> tuple[Iterable, Iterable]:
+        images = self._train_images()
+        self.epoch += 1
+        half = len(images) // 2
+        return self._chunks(images[:half]), self._chunks(images[half:])
+
+    def train_batches(self) -> Iterable:
+        images = self._train_images()
+        self.epoch += 1
+        return self._chunks(images)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+
+    # -- model and losses -------------------------------------------------------------------------
+    def build_supernet(self) -> Supernet:
+        o = self.options
+        return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, use_nrm=o.use_nrm)
+
+    def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        out = model(y)
+        return iem_loss(out.ts, y, self.options.smooth, smooth_weight=self.options.smooth_weight)
+
+    def nrm_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        out = model(y)
+        return nrm_loss(out.out, out.u.detach())
+
+    def loss(self, model: nn.Module, batch: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        out = model(batch)
+        iem = iem_loss(out.ts, batch, self.options.smooth, smooth_weight=self.options.smooth_weight)
+        terms = {f"iem_{k}": v for k, v in iem.items()}
+        total = iem["loss"]
+        if self.options.use_nrm:
+            nrm = nrm_loss(out.out, out.u.detach())
+            terms.update({f"nrm_{k}": v for k, v in nrm.items()})
+            total = total + nrm["loss"]
+        return {"loss": total, **terms}
+
+    def search_groups(self, model: Supernet) -> list[GroupSpec]:
+        if not self.options.use_nrm:
+            return [GroupSpec("iem", ("iem",), ("iem",), loss=self.iem_terms, arch_loss=self.loss)]
+        return [
+            # cooperative: the IEM architecture is judged by what the NRM makes of its output
+            GroupSpec("iem", ("iem",), ("iem",), loss=self.iem_terms, arch_loss=self.loss),
+            GroupSpec("nrm", ("nrm",), ("nrm",), loss=self.nrm_terms, arch_loss=self.nrm_terms,
+                      every=self.options.nrm_every),
+        ]
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def _eval_items(self) -> Iterable[tuple[str, torch.Tensor, torch.Tensor | None]]:
+        for i in range(len(self.eval_set)):  # type: ignore[arg-type]
+            item = self.eval_set[i]
+            if isinstance(item, tuple):
+                low, high, name = item
+                yield str(name), low, high
+            else:
+                yield f"{i:04d}", item, None
+
+    @torch.no_grad()
+    def enhance(self, model: nn.Module, low: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        return model(low.unsqueeze(0).to(self.device)).out.clamp(0, 1)[0].cpu()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:
+        from nasflow.tasks.ruas.metrics import evaluate_pairs
+
+        outputs = [(name, self.enhance(model, low), high, low) for name, low, high in self._eval_items()]
+        _, means = evaluate_pairs(outputs)
+        _, identity = evaluate_pairs([(name, low, high, low) for name, _, high, low in outputs])
+        metrics = {k: float(v) for k, v in means.items() if isinstance(v, (int, float))}
+        metrics.update({f"identity_{k}": float(v) for k, v in identity.items() if isinstance(v, (int, float))})
+        return metrics
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        shown = {}
+        for k, (name, low, high) in zip(range(2), self._eval_items()):
+            row = [low, self.enhance(model, low)] + ([high] if high is not None else [])
+            shown[f"{k}_{name}"] = torch.cat(row, dim=2)  # input | output | reference, side by side
+        return shown

@@ -1,0 +1,214 @@
+"""RUAS evaluation metrics: hand-computed PSNR, rounding, SSIM vs scikit-image, no-reference stats."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.measure import shannon_entropy
+from skimage.metrics import structural_similarity
+
+from nasflow.tasks.ruas import metrics as M
+from nasflow.tasks.ruas.data import read_image
+
+
+def _rgb(h: int = 16, w: int = 20, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+# -- to_uint8 --------------------------------------------------------------------------------
+def test_to_uint8_rounds_not_truncates():
+    # 0.6 and 254.6 levels: rounding -> 1 and 255; truncation would give 0 and 254.
+    x = torch.tensor([0.6, 254.6, 127.4, 0.0], dtype=torch.float32) / 255.0
+    x = x.view(1, 1, 4).expand(3, 1, 4)
+    out = M.to_uint8(x)
+    assert out.shape == (1, 4, 3) and out.dtype == np.uint8
+    assert out[0, :, 0].tolist() == [1, 255, 127, 0]
+    truncated = (x.numpy() * 255.0).astype(np.uint8)
+    assert truncated[0, 0, :2].tolist() == [0, 254]  # what truncation would have produced
+
+
+def test_to_uint8_exact_levels_and_clamp():
+    levels = torch.arange(256, dtype=torch.float32) / 255.0  # float32 k/255 * 255 may be k - eps
+    out = M.to_uint8(levels.view(1, 1, 256).expand(3, 1, 256))
+    assert out[0, :, 1].tolist() == list(range(256))
+    clamped = M.to_uint8(torch.tensor([-0.5, 1.5, 2.0]).view(1, 1, 3).expand(3, 1, 3))
+    assert clamped[0, :, 2].tolist() == [0, 255, 255]
+    assert M.to_uint8(torch.zeros(1, 3, 2, 5)).shape == (2, 5, 3)  # batch of one accepted
+    with pytest.raises(ValueError):
+        M.to_uint8(torch.full((3, 2, 2), float("nan")))
+
+
+def test_read_image_roundtrip_through_to_uint8(tmp_path: Path):
+    a = _rgb(9, 11, seed=3)
+    Image.fromarray(a).save(tmp_path / "x.png")
+    np.testing.assert_array_equal(M.to_uint8(read_image(tmp_path / "x.png")), a)
+
+
+# -- PSNR ------------------------------------------------------------------------------------
+def test_psnr_by_hand():
+    a = np.zeros((2, 2, 3), dtype=np.uint8)
+    b = a.copy()
+    b[1, 0, 2] = 1  # one value differs by one: MSE = 1/12
+    expected = 10 * math.log10(255**2 / (1 / 12))
+    assert M.psnr(a, b) == pytest.approx(expected, abs=1e-12)
+    assert M.psnr(b, a) == pytest.approx(expected, abs=1e-12)
+    # uint8 wrap-around must not happen: 0 vs 255 everywhere -> MSE 255^2 -> 0 dB
+    assert M.psnr(a, np.full_like(a, 255)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_psnr_identical_is_inf_and_errors():
+    a = _rgb()
+    assert M.psnr(a, a) == float("inf")
+    with pytest.raises(TypeError):
+        M.psnr(a.astype(np.float32), a.astype(np.float32))
+    with pytest.raises(ValueError):
+        M.psnr(a, a[:-1])
+
+
+# -- SSIM ------------------------------------------------------------------------------------
+def test_ssim_matches_skimage_and_identity():
+    a, b = _rgb(seed=1), _rgb(seed=2)
+    b = (a.astype(np.int16) // 2 + b // 4).astype(np.uint8)  # correlated, so SSIM is not ~0
+    ref = structural_similarity(a, b, channel_axis=2, data_range=255)
+    assert M.ssim(a, b) == ref
+    assert M.ssim(a, a) == 1.0
+
+
+def test_ssim_too_small_raises():
+    a = _rgb(6, 20)
+    with pytest.raises(ValueError, match="at least 7x7"):
+        M.ssim(a, a)
+    assert M.ssim(_rgb(7, 7), _rgb(7, 7)) == 1.0
+
+
+# -- no-reference statistics -----------------------------------------------------------------
+def test_mean_brightness():
+    a = np.zeros((4, 4, 3), dtype=np.uint8)
+    a[:, :, 0] = 255
+    assert M.mean_brightness(a) == pytest.approx(1 / 3)
+    assert M.mean_brightness(_chw(a)) == pytest.approx(1 / 3)
+
+
+def test_entropy_two_levels_is_one_bit():
+    a = np.zeros((8, 8, 3), dtype=np.uint8)
+    a[:4] = 255  # half black, half white
+    assert M.entropy(a) == pytest.approx(1.0, abs=1e-12)
+    assert M.entropy(np.full((5, 5, 3), 77, dtype=np.uint8)) == 0.0
+    c = _rgb(seed=5)
+    assert M.entropy(c) == pytest.approx(shannon_entropy(M.gray_uint8(c)), abs=1e-9)
+    # gray conversion agrees with Pillow's convert("L") up to one level of rounding
+    pil = np.asarray(Image.fromarray(c).convert("L")).astype(int)
+    assert np.abs(M.gray_uint8(c).astype(int) - pil).max() <= 1
+
+
+def _gray_ramp(h: int, w: int) -> np.ndarray:
+    v = np.linspace(10, 240, h * w).reshape(h, w)
+    return np.repeat(np.round(v)[:, :, None], 3, axis=2).astype(np.uint8)
+
+
+def test_loe_self_zero_and_inverted_positive():
+    a = _rgb(30, 40, seed=7)
+    assert M.lightness_order_error(a, a) == 0.0
+    g = _gray_ramp(12, 10)
+    inv = 255 - g  # R=G=B, so lightness max(R,G,B) is exactly inverted
+    loe = M.lightness_order_error(inv, g)
+    m = 12 * 10
+    # every strictly ordered pair flips; with distinct values that is m - 1 per pixel
+    levels = g[:, :, 0].ravel().astype(float)
+    ties = (levels[:, None] == levels[None, :]).sum() - m
+    assert loe == pytest.approx((m * (m - 1) - ties) / m)
+    assert loe > 0
+    # a monotone brightening keeps the order: LOE 0
+    brighter = np.clip(g.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert M.lightness_order_error(brighter, g) == 0.0
+
+
+def test_loe_downsampling_and_size_check():
+    a = _rgb(120, 160, seed=8)
+    b = (255 - a).astype(np.uint8)
+    small = M.lightness_order_error(b, a)  # 120x160 -> 50x67
+    assert 0 < small <= 50 * 67
+    assert M.lightness_order_error(a, a, downsample=None) == 0.0
+    with pytest.raises(ValueError):
+        M.lightness_order_error(a, a[:-1])
+
+
+# -- sets ------------------------------------------------------------------------------------
+def _pairs():
+    out = []
+    for i in range(3):
+        inp = _chw(_rgb(10, 12, seed=10 + i) // 4)
+        outp = (inp * 3).clamp(0, 1)
+        tgt = None if i == 1 else _chw(_rgb(10, 12, seed=20 + i))
+        out.append((f"img{i}", outp, tgt, inp))
+    return out
+
+
+def test_evaluate_pairs_means_are_row_means(tmp_path: Path):
+    rows, means = M.evaluate_pairs(_pairs())
+    assert [r["name"] for r in rows] == ["img0", "img1", "img2"]
+    assert rows[1]["psnr"] is None and rows[1]["ssim"] is None
+    assert means["count"] == 3 and means["paired"] == 2
+    for key in ("psnr", "ssim"):
+        vals = [r[key] for r in rows if r[key] is not None]
+        assert means[key] == pytest.approx(sum(vals) / len(vals))
+    for key in ("brightness", "entropy", "loe"):
+        assert means[key] == pytest.approx(sum(r[key] for r in rows) / 3)
+    _, o, t, _ = _pairs()[0]
+    assert rows[0]["psnr"] == M.psnr(M.to_uint8(o), M.to_uint8(t))
+
+    path = M.write_csv(rows, tmp_path / "sub" / "metrics.csv", means=means)
+    with path.open() as fh:
+        got = list(csv.DictReader(fh))
+    assert [g["name"] for g in got] == ["img0", "img1", "img2", "mean"]
+    assert got[1]["psnr"] == "" and float(got[0]["psnr"]) == rows[0]["psnr"]
+    assert float(got[3]["loe"]) == means["loe"]
+
+
+def test_evaluate_pairs_caps_infinite_psnr():
+    x = _chw(_rgb(8, 8, seed=1))
+    y = _chw(_rgb(8, 8, seed=2))
+    rows, means = M.evaluate_pairs([("same", x, x, x), ("diff", x, y, x)])
+    assert rows[0]["psnr"] == float("inf") and rows[0]["ssim"] == 1.0
+    assert means["psnr"] == pytest.approx((M.PSNR_CAP_DB + rows[1]["psnr"]) / 2)
+    _, unpaired = M.evaluate_pairs([("a", x, None, x)])
+    assert "psnr" not in unpaired and unpaired["paired"] == 0
+
+
+def test_evaluate_pairs_shape_mismatch():
+    x = _chw(_rgb(8, 8))
+    with pytest.raises(ValueError, match="bad"):
+        M.evaluate_pairs([("bad", x, _chw(_rgb(8, 9)), x)])
+
+
+# -- contact sheet ---------------------------------------------------------------------------
+def test_contact_sheet_size(tmp_path: Path):
+    a, b = _chw(_rgb(20, 30, seed=1)), _chw(_rgb(40, 40, seed=2))
+    rows = [("first", [a, a, a]), ("second", [b, b, None])]
+    path = M.contact_sheet(rows, tmp_path / "sheet.png")
+    assert path.is_file()
+    pad, lab = M.SHEET_PAD, M.SHEET_LABEL_HEIGHT
+    h = 20  # smallest image height; b tiles become 20x20
+    width = max(3 * 30 + 4 * pad, 3 * 20 + 4 * pad)
+    with Image.open(path) as im:
+        assert im.size == (width, 2 * (lab + h + pad) + pad)
+        assert im.mode == "RGB"
+
+
+def test_contact_sheet_max_width(tmp_path: Path):
+    a = _chw(_rgb(50, 100, seed=1))
+    path = M.contact_sheet([("wide", [a, a, a])], tmp_path / "s.png", max_width=160, labels=False)
+    with Image.open(path) as im:
+        assert im.size[0] <= 160
+        h = im.size[1] - 2 * M.SHEET_PAD
+        assert 3 * (2 * h) + 4 * M.SHEET_PAD <= 160 and h >= 20

@@ -1,0 +1,53 @@
+"""The RUAS task: a tiny cooperative search, the groups it defines, and its configs."""
+
+from __future__ import annotations
+
+import torch
+
+from nasflow.runner import _Progress, build_task, load_run_config, search
+from nasflow.tasks.ruas.task import RUASTask
+
+TINY = ["task_options.variants=1", "task_options.crop=32", "task_options.batch_size=2", "search.epochs=2",
+        "search.hypergradient=finite_difference", "task_options.nrm_every=1"]
+
+
+def test_two_step_cooperative_search_on_32px_images() -> None:
+    cfg = load_run_config("ruas", TINY)
+    torch.manual_seed(0)
+    task = build_task(cfg, torch.device("cpu"))
+    assert isinstance(task, RUASTask)
+    weight_batches, arch_batches = task.search_batches()
+    assert weight_batches[0].shape == (2, 3, 32, 32)
+    before = {label: a.detach().clone() for label, a in task.build_supernet().arch.alphas.items()}
+    result = search(cfg, task, _Progress(quiet=True))
+    genotype = result.model.derive()
+    assert genotype.labels == ("iem", "nrm") and all(len(genotype.edges(lb)) == 7 for lb in genotype.labels)
+    for label, alpha in result.model.arch.alphas.items():  # both groups moved their alphas
+        assert alpha.shape == before[label].shape and not torch.equal(alpha.detach(), before[label])
+    assert all(torch.isfinite(torch.tensor(v)) for epoch in result.history for v in epoch.values())
+
+
+def test_groups_are_cooperative() -> None:
+    cfg = load_run_config("ruas", TINY)
+    task = build_task(cfg, torch.device("cpu"))
+    model = task.build_supernet()
+    iem, nrm = task.search_groups(model)
+    assert (iem.labels, nrm.labels, nrm.every) == (("iem",), ("nrm",), 1)
+    y = task.search_batches()[0][0]
+    arch_terms = iem.arch_loss(model, y)  # the IEM architecture sees the NRM loss too
+    assert "nrm_loss" in arch_terms and "iem_loss" in arch_terms
+    (g_iem,) = torch.autograd.grad(arch_terms["loss"], model.arch["iem"], retain_graph=True)
+    (g_coop,) = torch.autograd.grad(arch_terms["nrm_loss"], model.arch["iem"])
+    assert torch.count_nonzero(g_coop) > 0 and not torch.allclose(g_iem, g_coop)
+    # the IEM's own weight loss does not depend on the NRM at all
+    (g_none,) = torch.autograd.grad(iem.loss(model, y)["loss"], model.arch["nrm"], allow_unused=True)
+    assert g_none is None
+
+
+def test_task_state_round_trips_the_epoch_counter() -> None:
+    cfg = load_run_config("ruas", TINY)
+    a = build_task(cfg, torch.device("cpu"))
+    a.search_batches()
+    b = build_task(cfg, torch.device("cpu"))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.search_batches()[0][0], b.search_batches()[0][0])
