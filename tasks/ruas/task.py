@@ -41,6 +41,8 @@ class RUASOptions:
     smooth: str = field(default="smooth_edge_aware", metadata={"choices": ("smooth_edge_aware", "smooth_legacy")})
     smooth_weight: float = field(default=1.0, metadata={"min": 0.0})
     nrm_every: int = field(default=10, metadata={"min": 1})
+    nrm_mse_weight: float = field(default=1e-7, metadata={"min": 0.0})  # released: 1e-7 (TV dominates)
+    nrm_tv_weight: float = field(default=1.0, metadata={"min": 0.0})
 
 
 class RUASTask(Task):
@@ -114,7 +116,11 @@ class RUASTask(Task):
 
     def nrm_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(y)
-        return nrm_loss(out.out, out.u.detach())
+        return self._nrm(out)
+
+    def _nrm(self, out: Any) -> Mapping[str, torch.Tensor]:
+        o = self.options
+        return nrm_loss(out.out, out.u.detach(), mse_weight=o.nrm_mse_weight, tv_weight=o.nrm_tv_weight)
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(batch)
@@ -122,7 +128,7 @@ class RUASTask(Task):
         terms = {f"iem_{k}": v for k, v in iem.items()}
         total = iem["loss"]
         if self.options.use_nrm:
-            nrm = nrm_loss(out.out, out.u.detach())
+            nrm = self._nrm(out)
             terms.update({f"nrm_{k}": v for k, v in nrm.items()})
             total = total + nrm["loss"]
         return {"loss": total, **terms}

@@ -51,3 +51,12 @@ def test_task_state_round_trips_the_epoch_counter() -> None:
     b = build_task(cfg, torch.device("cpu"))
     b.load_state_dict(a.state_dict())
     assert torch.equal(a.search_batches()[0][0], b.search_batches()[0][0])
+
+
+def test_nrm_loss_weights_come_from_the_options() -> None:
+    cfg = load_run_config("ruas", TINY + ["task_options.nrm_mse_weight=2.0", "task_options.nrm_tv_weight=0.5"])
+    task = build_task(cfg, torch.device("cpu"))
+    model = task.build_supernet()
+    y = task.search_batches()[0][0]
+    terms = task.nrm_terms(model, y)
+    assert torch.allclose(terms["loss"], 2.0 * terms["mse"] + 0.5 * terms["tv"])
