@@ -330,6 +330,7 @@ def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, 
         final = compile_model(task.build_supernet(), genotype).to(device)
         final = train(cfg, task, final, progress)
         metrics = task.evaluate(final, genotype)
+        task.export(final, genotype, run_dir)
         metrics["seconds"] = time.perf_counter() - started
         samples = task.samples(final)
         writer.images(samples, cfg.search.epochs)

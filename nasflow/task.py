@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
@@ -87,3 +88,6 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:
         """Held-out metrics of a trained compiled network."""
+
+    def export(self, model: nn.Module, genotype: Genotype, run_dir: Path) -> None:
+        """Task-specific files for the run folder after :meth:`evaluate` (tables, pictures, splits)."""

@@ -160,14 +160,42 @@ class RUASTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:
+        """PSNR (rounded 8-bit RGB), SSIM (scikit-image, channel_axis=2, data_range=255) and
+        no-reference statistics on the evaluation set; ``identity_*``: the input left unchanged."""
         from nasflow.tasks.ruas.metrics import evaluate_pairs
 
         outputs = [(name, self.enhance(model, low), high, low) for name, low, high in self._eval_items()]
-        _, means = evaluate_pairs(outputs)
+        rows, means = evaluate_pairs(outputs)
         _, identity = evaluate_pairs([(name, low, high, low) for name, _, high, low in outputs])
+        self._last = (outputs, rows, means)
         metrics = {k: float(v) for k, v in means.items() if isinstance(v, (int, float))}
         metrics.update({f"identity_{k}": float(v) for k, v in identity.items() if isinstance(v, (int, float))})
         return metrics
+
+    def export(self, model: nn.Module, genotype: Genotype, run_dir: Path) -> None:
+        """per_image.csv, contact_sheet.png (input | output | reference) and splits.json."""
+        import json
+
+        from nasflow.tasks.ruas.metrics import contact_sheet, write_csv
+
+        outputs, rows, means = getattr(self, "_last", None) or (None, None, None)
+        if outputs is None:
+            self.evaluate(model, genotype)
+            outputs, rows, means = self._last
+        write_csv(rows, run_dir / "per_image.csv", means)
+        contact_sheet([(name, [low, out, high]) for name, out, high, low in outputs[:8]], run_dir / "contact_sheet.png")
+        (run_dir / "splits.json").write_text(json.dumps(self.split_lists(), indent=1) + "\n", encoding="utf-8")
+
+    def split_lists(self) -> dict[str, list[str]]:
+        """Which images trained and which evaluated: written out so figures can be reproduced."""
+        if isinstance(self.train_set, SyntheticLowLight) and isinstance(self.eval_set, SyntheticLowLight):
+            return {"train": self.train_set.names(), "test": self.eval_set.names()}
+        train = self.train_set.dataset if isinstance(self.train_set, Subset) else self.train_set
+        files = [str(p) for p in train.files]  # type: ignore[attr-defined]
+        if isinstance(self.train_set, Subset):
+            files = [files[i] for i in self.train_set.indices]
+        evaluated = [name for name, _, _ in self._eval_items()]
+        return {"train": files, "test": evaluated}
 
     @torch.no_grad()
     def samples(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -60,3 +60,20 @@ def test_nrm_loss_weights_come_from_the_options() -> None:
     y = task.search_batches()[0][0]
     terms = task.nrm_terms(model, y)
     assert torch.allclose(terms["loss"], 2.0 * terms["mse"] + 0.5 * terms["tv"])
+
+
+def test_a_tiny_run_writes_the_evaluation_files(tmp_path) -> None:
+    import csv
+    import json
+
+    from nasflow.runner import run_from_file
+
+    out = run_from_file("ruas", TINY + ["search.hypergradient=first_order", "train.epochs=1", "tensorboard=false"],
+                        out=tmp_path / "r", quiet=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"psnr", "ssim", "identity_psnr", "brightness", "loe"} <= set(metrics)
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    assert len(rows) == metrics["count"] + 1 and rows[-1]["name"] == "mean"
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["test"] == [r["name"] for r in rows[:-1]] and not set(splits["train"]) & set(splits["test"])
+    assert (out / "contact_sheet.png").is_file() and any((out / "samples").iterdir())
