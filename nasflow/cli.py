@@ -60,6 +60,7 @@ examples:
 _TRAIN_EPILOG = """\
 examples:
   nasflow train demo --genotype runs/s1/genotype.json
+  nasflow train tasks/ruas.yaml --genotype paper     the genotypes of the RUAS paper
   nasflow train my.yaml --genotype g.yaml --set train.epochs=50 --out runs/g-train"""
 
 _EVAL_EPILOG = """\
@@ -117,7 +118,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     extra = {}
     if getattr(args, "genotype", None) is not None:
-        if not Path(args.genotype).is_file():
+        g = Path(args.genotype)
+        if not g.is_file() and not (g.suffix == "" and g.parent == Path(".")):  # bare names: task genotypes
             raise GenotypeError(f"genotype file not found: {args.genotype}")
         extra["genotype"] = args.genotype
     if getattr(args, "search_only", False):
@@ -228,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and export it.",
     )
     config_args(trn)
-    trn.add_argument("--genotype", metavar="GENOTYPE", required=True, help="genotype file (.json or .yaml)")
+    trn.add_argument("--genotype", metavar="GENOTYPE", required=True,
+                     help="genotype file (.json or .yaml), or a name the task defines (RUAS: paper)")
     trn.set_defaults(handler=_cmd_run)
 
     evl = sub.add_parser(

@@ -271,10 +271,11 @@ def configure_determinism(cfg: RunConfig) -> None:
 
 
 def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False, resume: str | Path | None = None,
-        genotype: Genotype | None = None, search_only: bool = False) -> Path:
+        genotype: Genotype | str | None = None, search_only: bool = False) -> Path:
     """Run the stages; returns the run folder.
 
-    ``genotype`` skips the search (train that architecture); ``search_only`` stops after the
+    ``genotype`` (or the name of one of the task's named genotypes) skips the search and trains
+    that architecture; ``search_only`` stops after the
     genotype is derived. A run folder holding a checkpoint (``resume`` or ``out``) is resumed.
     Under ``torchrun`` every rank searches on its shard; only rank 0 writes files, trains the
     compiled network and evaluates it.
@@ -289,9 +290,16 @@ def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False, resu
 
 
 def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, resume: str | Path | None,
-         genotype: Genotype | None, search_only: bool) -> Path:
+         genotype: Genotype | str | None, search_only: bool) -> Path:
     device = ctx.device if ctx.enabled else pick_device(cfg.device)
     task = build_task(cfg, device)
+    if isinstance(genotype, str):
+        named = task.named_genotypes()
+        if genotype not in named:
+            known = ", ".join(sorted(named)) or "none"
+            raise ConfigError(f"--genotype {genotype}: no such file, and task '{cfg.task}' names no such genotype "
+                              f"(named genotypes: {known})")
+        genotype = named[genotype]
     if genotype is not None:
         compile_model(task.build_supernet(), genotype)  # a genotype that does not fit fails before any file is written
     target = resume if resume is not None else out
@@ -411,5 +419,9 @@ def run_from_file(config: str | Path, overrides: list[str] | None = None, out: s
                   search_only: bool = False) -> Path:
     """``nasflow run|search|train``: load the config, then :func:`run`."""
     cfg = load_run_config(config, overrides)
-    geno = Genotype.load(genotype) if genotype is not None else None
+    geno: Genotype | str | None = None
+    if genotype is not None:
+        path = Path(genotype)
+        is_name = not path.exists() and path.suffix == "" and path.parent == Path(".")
+        geno = str(genotype) if is_name else Genotype.load(path)  # a bare name: the task's named genotype
     return run(cfg, out=out, quiet=quiet, resume=resume, genotype=geno, search_only=search_only)

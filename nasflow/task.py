@@ -89,5 +89,9 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:
         """Held-out metrics of a trained compiled network."""
 
+    def named_genotypes(self) -> dict[str, Genotype]:
+        """Genotypes a user can name instead of a file (``nasflow train CONFIG --genotype paper``)."""
+        return {}
+
     def export(self, model: nn.Module, genotype: Genotype, run_dir: Path) -> None:
         """Task-specific files for the run folder after :meth:`evaluate` (tables, pictures, splits)."""

@@ -21,7 +21,7 @@ from nasflow.supernet import Supernet
 from nasflow.task import GroupSpec, Task
 from nasflow.tasks.ruas.data import PairedFolders, SyntheticLowLight, UnpairedFolder
 from nasflow.tasks.ruas.losses import iem_loss, nrm_loss
-from nasflow.tasks.ruas.model import RUASNet
+from nasflow.tasks.ruas.model import RUASNet, paper_genotype
 
 
 @dataclass
@@ -142,6 +142,10 @@ class RUASTask(Task):
             GroupSpec("nrm", ("nrm",), ("nrm",), loss=self.nrm_terms, arch_loss=self.nrm_terms,
                       every=self.options.nrm_every),
         ]
+
+    def named_genotypes(self) -> dict[str, Genotype]:
+        """``paper``: the genotypes the RUAS paper found (IEM only for ``use_nrm: false``)."""
+        return {"paper": paper_genotype(self.options.use_nrm)}
 
     # -- evaluation -------------------------------------------------------------------------------
     def _eval_items(self) -> Iterable[tuple[str, torch.Tensor, torch.Tensor | None]]:

@@ -77,3 +77,44 @@ def test_a_tiny_run_writes_the_evaluation_files(tmp_path) -> None:
     splits = json.loads((out / "splits.json").read_text())
     assert splits["test"] == [r["name"] for r in rows[:-1]] and not set(splits["train"]) & set(splits["test"])
     assert (out / "contact_sheet.png").is_file() and any((out / "samples").iterdir())
+
+
+def test_paper_genotype_by_name_builds_the_3438_parameter_network(tmp_path) -> None:
+    from nasflow.runner import run_from_file
+
+    out = run_from_file("ruas", TINY + ["train.epochs=0", "tensorboard=false"], out=tmp_path / "p", quiet=True,
+                        genotype="paper")
+    saved = torch.load(out / "model.pt", weights_only=True)
+    assert sum(t.numel() for t in saved["state_dict"].values()) == 3438
+    assert saved["genotype"]["cells"]["iem"][1]["op"] == "resconv_1x1"
+
+
+def test_every_shipped_ruas_config_validates() -> None:
+    for name in ["ruas", "ruas_paper", "ruas_lol", "ruas_mit"]:
+        cfg = load_run_config(name)
+        assert cfg.task == "ruas"
+    assert load_run_config("ruas_paper").search.hypergradient == "finite_difference"
+
+
+def test_folder_configs_need_a_root() -> None:
+    import pytest
+
+    from nasflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="task_options.root"):
+        build_task(load_run_config("ruas_lol"), torch.device("cpu"))
+
+
+def test_lol_config_reads_the_shared_data(tmp_path) -> None:
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[4] / "shared" / "data"
+    if not (root / "lol" / "low").is_dir():
+        pytest.skip("../shared/data is not here")
+    task = build_task(load_run_config("ruas_lol", [f"task_options.root={root}"]), torch.device("cpu"))
+    weight_batches, _ = task.search_batches()
+    assert weight_batches[0].shape[1:] == (3, 64, 64)
+    stems = sorted(p.stem for p in (root / "lol" / "low").iterdir())
+    assert [name for name, _, _ in task._eval_items()] == stems
