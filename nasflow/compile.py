@@ -12,7 +12,7 @@ from nasflow.errors import GenotypeError
 from nasflow.genotype import Genotype
 from nasflow.graph import validate_edges
 from nasflow.space import CellSpace
-from nasflow.supernet import find_arch, supercells
+from nasflow.supernet import find_arch, supercells, tag
 
 
 def compile_cell(space: CellSpace, genotype: Genotype, label: str, channels: int, **cell_options: Any) -> Cell:
@@ -44,7 +44,8 @@ def _freeze(cell: SuperCell, genotype: Genotype) -> Cell:
         spec = graph.edges[graph.edge_index(e.src, e.dst)]
         mixed = cell.edges[spec.name]
         modules[spec.name] = mixed.ops[mixed.op_names.index(e.op)]
-    return Cell(graph, modules, dict(cell.pre.items()), cell.post, cell.act)
+    plain = Cell(graph, modules, dict(cell.pre.items()), cell.post, cell.act)
+    return tag(plain, cell.nas_label)  # keeps per-label weight groups (e.g. train one module at a time)
 
 
 def compile_model(supernet: nn.Module, genotype: Genotype) -> nn.Module:

@@ -218,22 +218,25 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
 
 
 def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> nn.Module:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params or cfg.train.epochs == 0:
+    """Train the compiled network, phase by phase (``Task.train_phases``), each for ``train.epochs``."""
+    if cfg.train.epochs == 0:
         return model
-    opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.epochs)
-    for epoch in progress(range(cfg.train.epochs), "train"):
-        model.train()
-        total, n = 0.0, 0
-        for batch in task.train_batches():
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model, batch)["loss"]
-            loss.backward()
-            opt.step()
-            total, n = total + float(loss.detach()), n + 1
-        sched.step()
-        log.info("train epoch %d/%d loss=%.4g", epoch + 1, cfg.train.epochs, total / max(1, n))
+    for phase in task.train_phases(model):
+        if not phase.parameters:
+            continue
+        opt = torch.optim.Adam(phase.parameters, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.epochs)
+        for epoch in progress(range(cfg.train.epochs), f"train {phase.name}"):
+            model.train()
+            total, n = 0.0, 0
+            for batch in task.train_batches():
+                opt.zero_grad(set_to_none=True)
+                loss = phase.loss(model, batch)["loss"]
+                loss.backward()
+                opt.step()
+                total, n = total + float(loss.detach()), n + 1
+            sched.step()
+            log.info("train %s epoch %d/%d loss=%.4g", phase.name, epoch + 1, cfg.train.epochs, total / max(1, n))
     return model
 
 

@@ -18,6 +18,15 @@ TermsFn = Callable[[nn.Module, Batch], Mapping[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
+class TrainPhase:
+    """One phase of training the compiled network: which weights, under which loss."""
+
+    name: str
+    parameters: list[nn.Parameter]
+    loss: TermsFn
+
+
+@dataclass(frozen=True)
 class GroupSpec:
     """One cooperating search group, as the task defines it.
 
@@ -88,6 +97,10 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:
         """Held-out metrics of a trained compiled network."""
+
+    def train_phases(self, model: nn.Module) -> list[TrainPhase]:
+        """Phases of training the compiled network, run in order (default: everything jointly)."""
+        return [TrainPhase("all", [p for p in model.parameters() if p.requires_grad], self.loss)]
 
     def named_genotypes(self) -> dict[str, Genotype]:
         """Genotypes a user can name instead of a file (``nasflow train CONFIG --genotype paper``)."""

@@ -7,6 +7,7 @@ with the IEM loss alone; the NRM group updates ``nrm`` every ``nrm_every`` steps
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -17,11 +18,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from nasflow.errors import ConfigError
 from nasflow.genotype import Genotype
-from nasflow.supernet import Supernet
-from nasflow.task import GroupSpec, Task
+from nasflow.supernet import Supernet, weight_parameters
+from nasflow.task import GroupSpec, Task, TrainPhase
 from nasflow.tasks.ruas.data import PairedFolders, SyntheticLowLight, UnpairedFolder
 from nasflow.tasks.ruas.losses import iem_loss, nrm_loss
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype
+
+log = logging.getLogger("nasflow")
 
 
 @dataclass
@@ -43,6 +46,10 @@ class RUASOptions:
     nrm_every: int = field(default=10, metadata={"min": 1})
     nrm_mse_weight: float = field(default=1e-7, metadata={"min": 0.0})  # released: 1e-7 (TV dominates)
     nrm_tv_weight: float = field(default=1.0, metadata={"min": 0.0})
+    fidelity_weight: float = field(default=1.0, metadata={"min": 0.0})
+    nrm_channels: int = field(default=6, metadata={"min": 1})
+    # training the compiled network: both modules at once, or the IEM first and then the NRM on its output
+    train_schedule: str = field(default="joint", metadata={"choices": ("joint", "iem_then_nrm")})
 
 
 class RUASTask(Task):
@@ -108,11 +115,15 @@ class RUASTask(Task):
     # -- model and losses -------------------------------------------------------------------------
     def build_supernet(self) -> Supernet:
         o = self.options
-        return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, use_nrm=o.use_nrm)
+        return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(y)
-        return iem_loss(out.ts, y, self.options.smooth, smooth_weight=self.options.smooth_weight)
+        return self._iem(out, y)
+
+    def _iem(self, out: Any, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        o = self.options
+        return iem_loss(out.ts, y, o.smooth, fidelity_weight=o.fidelity_weight, smooth_weight=o.smooth_weight)
 
     def nrm_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(y)
@@ -124,7 +135,7 @@ class RUASTask(Task):
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(batch)
-        iem = iem_loss(out.ts, batch, self.options.smooth, smooth_weight=self.options.smooth_weight)
+        iem = self._iem(out, batch)
         terms = {f"iem_{k}": v for k, v in iem.items()}
         total = iem["loss"]
         if self.options.use_nrm:
@@ -142,6 +153,12 @@ class RUASTask(Task):
             GroupSpec("nrm", ("nrm",), ("nrm",), loss=self.nrm_terms, arch_loss=self.nrm_terms,
                       every=self.options.nrm_every),
         ]
+
+    def train_phases(self, model: nn.Module) -> list[TrainPhase]:
+        if self.options.train_schedule == "joint" or not self.options.use_nrm:
+            return super().train_phases(model)
+        return [TrainPhase("iem", weight_parameters(model, "iem"), self.iem_terms),
+                TrainPhase("nrm", weight_parameters(model, "nrm"), self.nrm_terms)]
 
     def named_genotypes(self) -> dict[str, Genotype]:
         """``paper``: the genotypes the RUAS paper found (IEM only for ``use_nrm: false``)."""
@@ -170,6 +187,8 @@ class RUASTask(Task):
 
         outputs = [(name, self.enhance(model, low), high, low) for name, low, high in self._eval_items()]
         rows, means = evaluate_pairs(outputs)
+        log.info("evaluation on %d images: PSNR on 8-bit RGB (rounded, not truncated); SSIM = scikit-image "
+                 "structural_similarity(channel_axis=2, data_range=255); means over images", len(rows))
         _, identity = evaluate_pairs([(name, low, high, low) for name, _, high, low in outputs])
         self._last = (outputs, rows, means)
         metrics = {k: float(v) for k, v in means.items() if isinstance(v, (int, float))}

@@ -118,3 +118,19 @@ def test_lol_config_reads_the_shared_data(tmp_path) -> None:
     assert weight_batches[0].shape[1:] == (3, 64, 64)
     stems = sorted(p.stem for p in (root / "lol" / "low").iterdir())
     assert [name for name, _, _ in task._eval_items()] == stems
+
+
+def test_iem_then_nrm_schedule_trains_each_module_on_its_own_loss() -> None:
+    from nasflow.compile import compile_model
+    from nasflow.runner import train
+
+    cfg = load_run_config("ruas", TINY + ["task_options.train_schedule=iem_then_nrm", "train.epochs=1"])
+    task = build_task(cfg, torch.device("cpu"))
+    model = compile_model(task.build_supernet(), task.named_genotypes()["paper"])
+    phases = task.train_phases(model)
+    assert [p.name for p in phases] == ["iem", "nrm"]
+    assert sum(p.numel() for p in phases[0].parameters) == 1161 and sum(p.numel() for p in phases[1].parameters) == 2277
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(cfg, task, model, _Progress(quiet=True))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any(n.startswith("iem") for n in moved) and any(n.startswith("nrm") for n in moved)
