@@ -17,7 +17,7 @@ from typing import Any, Mapping, TypeVar, Union
 
 import yaml
 
-from nasflow.errors import ConfigError
+from nasflow.errors import ConfigError, yaml_problem
 
 T = TypeVar("T")
 
@@ -147,10 +147,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+        raise ConfigError(f"{path}: YAML syntax error{yaml_problem(exc)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     if data is None:

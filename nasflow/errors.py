@@ -25,3 +25,11 @@ class SpaceError(NasflowError, ValueError):
 
 class ConfigError(NasflowError, ValueError):
     """A bad configuration value; the message names the key path."""
+
+
+def yaml_problem(exc: Exception) -> str:
+    """One line saying where a YAML parse failed and why (PyYAML's own message spans lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{where}: {problem}"

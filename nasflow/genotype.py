@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from nasflow.errors import GenotypeError
+from nasflow.errors import GenotypeError, yaml_problem
 
 SCHEMA_VERSION = 1
 
@@ -118,10 +118,7 @@ class Genotype:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise GenotypeError(f"not valid YAML{where}: {problem}") from None
+            raise GenotypeError(f"not valid YAML{yaml_problem(exc)}") from None
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:

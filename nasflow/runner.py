@@ -294,7 +294,7 @@ def run(cfg: RunConfig, out: str | Path | None = None, quiet: bool = False, resu
 
 def _run(cfg: RunConfig, ctx: DistContext, out: str | Path | None, quiet: bool, resume: str | Path | None,
          genotype: Genotype | str | None, search_only: bool) -> Path:
-    device = ctx.device if ctx.enabled else pick_device(cfg.device)
+    device = ctx.device  # init_distributed chose it (auto/cpu/cuda), with or without torchrun
     task = build_task(cfg, device)
     if isinstance(genotype, str):
         named = task.named_genotypes()
