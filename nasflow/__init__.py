@@ -5,6 +5,16 @@ from nasflow.genotype import GenoEdge, Genotype
 
 __version__ = "0.1.0"
 
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy, so that importing nasflow stays light
+    if name == "load_model":
+        from nasflow.inference import load_model
+
+        return load_model
+    raise AttributeError(f"module 'nasflow' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError",
     "GenoEdge",
@@ -13,5 +23,6 @@ __all__ = [
     "NasflowError",
     "RegistryError",
     "SpaceError",
+    "load_model",
     "__version__",
 ]

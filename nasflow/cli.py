@@ -1,4 +1,5 @@
-"""The ``nasflow`` command line: ``run``, ``search``, ``train``, ``eval``, ``viz`` and ``list``.
+"""The ``nasflow`` command line: ``run``, ``search``, ``train``, ``eval``, ``viz``, ``list``, ``enhance``,
+and the commands plugins register under the ``nasflow.commands`` entry-point group.
 
 Error policy, so that scripts and people can tell "you gave me something wrong" from "nasflow
 is broken": a :class:`~nasflow.errors.NasflowError` or an unreadable user path is ONE line
@@ -35,6 +36,7 @@ examples:
   nasflow eval runs/s1-train                          re-evaluate a finished run folder
   nasflow viz runs/planted-X/genotype.json            draw a genotype (.dot, .svg, .png)
   nasflow list ops                                    which candidate ops exist
+  nasflow enhance photos/ -o out/                     enhance photos with a shipped model
   nasflow COMMAND --help                              more about one command
 
 User mistakes print one line and exit with code 2; --debug shows the traceback."""
@@ -83,6 +85,36 @@ examples:
 
 
 # -- argument types -------------------------------------------------------------------------------
+OUTPUT_FORMAT_CHOICES = ("png", "jpg", "tif", "webp", "bmp", "same")
+
+_ENHANCE_EPILOG = """\
+examples:
+  nasflow enhance dark.jpg -o out/                      one photo with the default shipped model
+  nasflow enhance photos/ -o out/ --model ruas-lol      a folder; very dark, noisy scenes
+  nasflow enhance 'shots/**/*.png' -o out/ --recursive  a glob pattern, sub-folders kept
+  nasflow enhance photos/ -o out/ --model runs/ruas-X   a model you trained (run folder or model.pt)
+  nasflow list models                                   the shipped models
+
+Unreadable files are reported and skipped; the exit code is 1 when any file failed."""
+
+
+def _positive_int(value: str) -> int:
+    number = _non_negative_int(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return number
+
+
 def _registry_name(value: str) -> str:
     """Accept 'ops', 'op', 'derive-rules': people type singulars and dashes."""
     from nasflow.registries import ALL
@@ -163,6 +195,39 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     if result.hint:
         print(f"nasflow: {result.hint}", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from nasflow.enhance import plan_jobs, run_jobs
+    from nasflow.inference import load_model
+
+    from nasflow.models import default_model_name
+
+    enhancer = load_model(args.model or default_model_name(), device=args.device, tile=args.tile)
+    jobs, refused = plan_jobs(args.inputs, args.output, fmt=args.format, recursive=args.recursive,
+                              overwrite=args.overwrite)
+    for path, reason in refused:
+        print(f"nasflow: skipped {path}: {reason}", file=sys.stderr)
+    quiet = args.quiet or not sys.stderr.isatty()
+    progress = lambda items: tqdm(items, desc="enhance", unit="img", disable=quiet, dynamic_ncols=True)  # noqa: E731
+    max_pixels = None if args.max_pixels == 0 else args.max_pixels
+    report = run_jobs(enhancer.enhance_rgb, jobs, max_pixels=max_pixels, progress=progress)
+    for path, note in report.notes:
+        print(f"nasflow: note: {path}: {note}", file=sys.stderr)
+    for path, reason in report.failed:
+        print(f"nasflow: failed {path}: {_one_line(reason)}", file=sys.stderr)
+    failed = len(report.failed) + len(refused)
+    total = len(jobs) + len(refused)
+    rate = len(report.written) / report.seconds if report.seconds > 0 else 0.0
+    print(f"enhanced {len(report.written)} of {total} images into {args.output} with {enhancer.name} "
+          f"({report.seconds:.1f} s, {rate:.2f} images/s)" + (f"; {failed} failed" if failed else ""))
+    return EXIT_INTERNAL if failed else EXIT_OK
+
+
+def _cmd_plugin(args: argparse.Namespace) -> int:
+    return int(args.plugin_command.run(args))
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -264,6 +329,42 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ops, spaces, strategies, tasks, relaxations, derive_rules, hypergradients, losses, "
                           "datasets (default: all)")
     lst.set_defaults(handler=_cmd_list)
+
+    enh = sub.add_parser(
+        "enhance", parents=[common], formatter_class=fmt, epilog=_ENHANCE_EPILOG,
+        help="enhance photos with a trained model (shipped, a model file or a run folder)",
+        description="Apply a trained image-to-image model to image files, folders or glob patterns. Output names "
+                    "keep the input names (and sub-folders with --recursive); an input is never overwritten. "
+                    "Large images run in overlapping tiles whose result equals whole-image processing.",
+    )
+    enh.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders or glob patterns ('*.jpg')")
+    enh.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
+    enh.add_argument("--model", metavar="NAME|PATH", default=None,
+                     help="a shipped model (nasflow list models), a model file or a run folder (default: the "
+                          "shipped model tagged 'default')")
+    enh.add_argument("--format", choices=OUTPUT_FORMAT_CHOICES, default="png",
+                     help="output format; 'same' keeps each input's (default: png; 16-bit input stays 16-bit "
+                          "in png/tif)")
+    enh.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    enh.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    enh.add_argument("--tile", type=_positive_int, default=512, metavar="PIXELS",
+                     help="tile size for large images; the output does not depend on it (default: 512)")
+    enh.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
+    enh.add_argument("--max-pixels", type=_non_negative_int, default=100_000_000, metavar="N",
+                     help="refuse images declaring more pixels than this before decoding them (decompression "
+                          "bombs); 0 disables the check (default: 100000000)")
+    enh.add_argument("--quiet", action="store_true", help="no progress bar")
+    enh.set_defaults(handler=_cmd_enhance)
+
+    from nasflow.registries import COMMANDS
+
+    for name in COMMANDS.names():
+        command = COMMANDS.get(name)()
+        plugin = sub.add_parser(name, parents=[common], formatter_class=fmt, help=command.help,
+                                description=getattr(command, "description", command.help),
+                                epilog=getattr(command, "epilog", None))
+        command.add_arguments(plugin)
+        plugin.set_defaults(handler=_cmd_plugin, plugin_command=command)
     return parser
 
 

@@ -15,6 +15,8 @@ HYPERGRADIENTS: Registry[Any] = Registry("hypergradient", group="nasflow.hypergr
 TASKS: Registry[Any] = Registry("task", group="nasflow.tasks")
 LOSSES: Registry[Any] = Registry("loss", group="nasflow.losses")
 DATASETS: Registry[Any] = Registry("dataset", group="nasflow.datasets")
+MODELS: Registry[Any] = Registry("model", group="nasflow.models")
+COMMANDS: Registry[Any] = Registry("command", group="nasflow.commands")
 
 ALL = {
     "ops": OPS,
@@ -26,4 +28,6 @@ ALL = {
     "tasks": TASKS,
     "losses": LOSSES,
     "datasets": DATASETS,
+    "models": MODELS,
+    "commands": COMMANDS,
 }

@@ -48,6 +48,9 @@ def import_path(path: str) -> object:
 
 
 def _first_doc_line(obj: object) -> str:
+    summary = getattr(obj, "summary", None)  # registered instances (e.g. shipped models) describe themselves
+    if isinstance(summary, str) and summary.strip():
+        return summary.strip().splitlines()[0]
     doc = getattr(obj, "__doc__", None) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
 

@@ -108,3 +108,29 @@ class Task(ABC):
 
     def export(self, model: nn.Module, genotype: Genotype, run_dir: Path) -> None:
         """Task-specific files for the run folder after :meth:`evaluate` (tables, pictures, splits)."""
+
+    # -- inference (tasks whose networks map images to images) -------------------------------------
+    def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The model's output image for an NCHW batch in [0, 1], clamped to [0, 1].
+
+        Tasks whose networks map images to images implement this; it is what ``nasflow enhance``
+        and :func:`nasflow.load_model` call, on whole images or on tiles.
+        """
+        raise NotImplementedError(f"task '{self.name}' does not map images to images")
+
+    def inference_network(self, model: nn.Module) -> nn.Module:
+        """The network :meth:`predict` runs at inference (default: the compiled network itself).
+
+        Tasks may return a faster module with the same function (fused, re-parameterised).
+        """
+        return model
+
+    def halo(self, model: nn.Module) -> int:
+        """How far an output pixel sees into the input (an upper bound), for exact tiling.
+
+        The default bounds every module it can read (convolutions, pooling, cells); tasks with
+        other spatial operations in their forward pass add those.
+        """
+        from nasflow.tiling import receptive_halo
+
+        return receptive_halo(model)

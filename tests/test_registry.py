@@ -207,7 +207,7 @@ def test_builtin_engine_registries_are_filled() -> None:
     assert {"argmax_per_edge", "topk_per_node"} <= set(DERIVE_RULES.names())
     assert set(ALL) == {
         "ops", "relaxations", "derive_rules", "spaces", "strategies",
-        "hypergradients", "tasks", "losses", "datasets",
+        "hypergradients", "tasks", "losses", "datasets", "models", "commands",
     }  # fmt: skip
 
 

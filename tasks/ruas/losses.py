@@ -29,6 +29,7 @@ from nasflow.registries import LOSSES
 
 __all__ = [
     "OFFSETS_5X5",
+    "exposure_target",
     "fidelity",
     "iem_loss",
     "nrm_loss",
@@ -207,6 +208,49 @@ def _resolve_smooth(smooth: str | Callable[..., Tensor]) -> Callable[..., Tensor
     return fn
 
 
+def exposure_target(y: Tensor, *, level: float, power: float, sigma: float = 0.0, t_min: float = 1e-3) -> Tensor:
+    """An illumination target that brightens dark regions and leaves bright ones alone (nasflow).
+
+    The released fidelity pulls ``t`` towards ``y`` itself, so ``u = y / t`` is driven to 1 (white)
+    wherever ``t`` can follow: every image is normalised to full brightness, which is why released
+    RUAS models blow well-exposed photos out. Here, with ``L`` the per-pixel channel maximum of
+    ``y`` (optionally Gaussian-blurred with ``sigma`` pixels)::
+
+        t* = clamp(L / level, t_min, 1) ** power            (same map for R, G, B)
+
+    so the output brightness ``L / t*`` is ``level**power * L**(1 - power)`` below ``level`` (a
+    gamma-like lift of dark regions that keeps their contrast for ``power < 1``) and ``L`` itself
+    at or above ``level`` (no change). ``power = 1`` maps every dark region to ``level``. The
+    target carries no gradient. Hue is kept because the three channels share one target.
+    """
+    if not 0.0 < level <= 1.0:
+        raise ValueError(f"level must be in (0, 1], got {level}")
+    if not 0.0 <= power <= 1.0:
+        raise ValueError(f"power must be in [0, 1], got {power}")
+    with torch.no_grad():
+        lum = y.amax(dim=1, keepdim=True)
+        if sigma > 0:
+            lum = _gaussian_blur(lum, sigma)
+        target = torch.clamp(lum / level, t_min, 1.0) ** power
+    return target.expand_as(y)
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur (radius 3 sigma), reflect padding."""
+    radius = max(1, int(round(3 * sigma)))
+    coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(coords**2) / (2 * sigma * sigma))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    pad_h, pad_w = min(radius, x.shape[2] - 1), min(radius, x.shape[3] - 1)
+    if pad_h < radius or pad_w < radius:  # too small to reflect the whole radius: replicate instead
+        x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    else:
+        x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
 def iem_loss(
     ts_or_t: Tensor | Sequence[Tensor],
     y: Tensor,
@@ -215,6 +259,7 @@ def iem_loss(
     fidelity_weight: float = 1.0,
     smooth_weight: float = 1.0,
     smooth_kwargs: Mapping[str, Any] | None = None,
+    target: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """IEM loss of RUAS ``LossFunction``: ``0.5 * MSE(t_K, y) + smooth(t_K, y)``, as named terms.
 
@@ -222,7 +267,9 @@ def iem_loss(
     used, as in the release). ``smooth`` is a ``LOSSES`` name (``"smooth_legacy"``, the release,
     or ``"smooth_edge_aware"``, the term as meant) or a callable ``(t, y, **kw)``. Returns
     ``{"loss": fidelity_weight * fidelity + smooth_weight * smooth, "fidelity", "smooth"}``; the
-    default weights (1, 1) give the released loss (the 0.5 is inside ``fidelity``).
+    default weights (1, 1) give the released loss (the 0.5 is inside ``fidelity``). ``target``
+    replaces ``y`` as what the fidelity pulls ``t`` towards (e.g. :func:`exposure_target`); the
+    smoothness term is always guided by ``y``.
     """
     if isinstance(ts_or_t, Tensor):
         t_last = ts_or_t
@@ -231,7 +278,7 @@ def iem_loss(
         if not seq:
             raise ValueError("ts_or_t is an empty sequence")
         t_last = seq[-1]
-    fid = fidelity(t_last, y)
+    fid = fidelity(t_last, y if target is None else target)
     smo = _resolve_smooth(smooth)(t_last, y, **dict(smooth_kwargs or {}))
     return {"loss": fidelity_weight * fid + smooth_weight * smo, "fidelity": fid, "smooth": smo}
 

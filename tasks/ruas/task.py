@@ -21,8 +21,8 @@ from nasflow.genotype import Genotype
 from nasflow.supernet import Supernet, weight_parameters
 from nasflow.task import GroupSpec, Task, TrainPhase
 from nasflow.tasks.ruas.data import PairedFolders, SyntheticLowLight, UnpairedFolder
-from nasflow.tasks.ruas.losses import iem_loss, nrm_loss
-from nasflow.tasks.ruas.model import RUASNet, paper_genotype
+from nasflow.tasks.ruas.losses import exposure_target, iem_loss, nrm_loss
+from nasflow.tasks.ruas.model import RUASNet, RUASOutput, paper_genotype
 
 log = logging.getLogger("nasflow")
 
@@ -32,6 +32,7 @@ class RUASOptions:
     data: str = field(default="synthetic", metadata={"choices": ("synthetic", "folders")})
     root: str | None = None  # folders: the data root (e.g. ../shared/data)
     train: str = "sice_dark"  # folders: unpaired low-light training images, relative to root
+    extra_train: list[str] = field(default_factory=list)  # folders: more training folders, relative to root
     eval_low: str = "lol/low"  # folders: paired evaluation, relative to root
     eval_high: str | None = "lol/high"  # None: no reference (no-reference statistics only)
     variants: int = field(default=4, metadata={"min": 1})  # synthetic: degraded variants per photo
@@ -47,9 +48,33 @@ class RUASOptions:
     nrm_mse_weight: float = field(default=1e-7, metadata={"min": 0.0})  # released: 1e-7 (TV dominates)
     nrm_tv_weight: float = field(default=1.0, metadata={"min": 0.0})
     fidelity_weight: float = field(default=1.0, metadata={"min": 0.0})
+    # what the IEM fidelity pulls the illumination towards: the input (released) or an exposure
+    # target that lifts dark regions towards exposure_level and leaves brighter ones unchanged
+    fidelity_target: str = field(default="input", metadata={"choices": ("input", "exposure")})
+    exposure_level: float = field(default=0.6, metadata={"min": 0.01, "max": 1.0})
+    exposure_power: float = field(default=0.7, metadata={"min": 0.0, "max": 1.0})
+    exposure_sigma: float = field(default=0.0, metadata={"min": 0.0})
     nrm_channels: int = field(default=6, metadata={"min": 1})
     # training the compiled network: both modules at once, or the IEM first and then the NRM on its output
     train_schedule: str = field(default="joint", metadata={"choices": ("joint", "iem_then_nrm")})
+
+
+def _without_leaks(files: list[Path], eval_folder: Path) -> list[Path]:
+    """Training files minus any whose bytes equal an evaluation image (the evaluation pairs
+    must never train: LOL's eval15 folder, for one, holds a copy of a LOL test image)."""
+    import hashlib
+
+    from nasflow.tasks.ruas.data import list_images
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    held_out = {digest(p) for p in list_images(eval_folder)} if eval_folder.is_dir() else set()
+    kept = [p for p in files if digest(p) not in held_out]
+    if len(kept) < len(files):
+        log.info("left out %d training image(s) identical to evaluation images in %s", len(files) - len(kept),
+                 eval_folder)
+    return kept
 
 
 class RUASTask(Task):
@@ -61,9 +86,27 @@ class RUASTask(Task):
     def __init__(self, options: RUASOptions, *, seed: int, device: torch.device) -> None:
         super().__init__(options, seed=seed, device=device)
         self.epoch = 0
-        self.train_set, self.eval_set = self._datasets()
-        if len(self.train_set) < 2:
-            raise ConfigError("task_options: the training set needs at least 2 images")
+        self._data: tuple[Dataset, Dataset] | None = None
+        if options.data == "folders" and options.root is None:
+            raise ConfigError("task_options.root: data 'folders' needs a root folder (e.g. ../shared/data)")
+
+    # Datasets are opened on first use, so that a saved model can be rebuilt for inference
+    # (``nasflow enhance``) without its training data.
+    @property
+    def train_set(self) -> Dataset:
+        return self._open()[0]
+
+    @property
+    def eval_set(self) -> Dataset:
+        return self._open()[1]
+
+    def _open(self) -> tuple[Dataset, Dataset]:
+        if self._data is None:
+            train, evaluation = self._datasets()
+            if len(train) < 2:  # type: ignore[arg-type]
+                raise ConfigError("task_options: the training set needs at least 2 images")
+            self._data = (train, evaluation)
+        return self._data
 
     def _datasets(self) -> tuple[Dataset, Dataset]:
         o = self.options
@@ -73,12 +116,18 @@ class RUASTask(Task):
         if o.root is None:
             raise ConfigError("task_options.root: data 'folders' needs a root folder (e.g. ../shared/data)")
         root = Path(o.root)
-        train: Dataset = UnpairedFolder(root / o.train, crop=o.crop, seed=self.seed)
-        if o.max_train_images is not None and len(train) > o.max_train_images:
-            train = Subset(train, list(range(o.max_train_images)))
-        if o.eval_high is None:
-            return train, UnpairedFolder(root / o.eval_low, crop=None, flip=False, seed=self.seed)
-        return train, PairedFolders(root, low=o.eval_low, high=o.eval_high)
+        folder = UnpairedFolder(root / o.train, crop=o.crop, seed=self.seed)
+        for extra in o.extra_train:
+            folder.files.extend(UnpairedFolder(root / extra).files)
+        evaluation: Dataset = (UnpairedFolder(root / o.eval_low, crop=None, flip=False, seed=self.seed)
+                               if o.eval_high is None else PairedFolders(root, low=o.eval_low, high=o.eval_high))
+        folder.files = _without_leaks(folder.files, root / o.eval_low)
+        train: Dataset = folder
+        if o.max_train_images is not None and len(folder) > o.max_train_images:
+            # evenly spread over the (sorted, concatenated) folders, so every folder contributes
+            step = len(folder) / o.max_train_images
+            train = Subset(folder, [int(i * step) for i in range(o.max_train_images)])
+        return train, evaluation
 
     # -- data -------------------------------------------------------------------------------------
     def _train_images(self) -> torch.Tensor:
@@ -123,7 +172,11 @@ class RUASTask(Task):
 
     def _iem(self, out: Any, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         o = self.options
-        return iem_loss(out.ts, y, o.smooth, fidelity_weight=o.fidelity_weight, smooth_weight=o.smooth_weight)
+        target = None
+        if o.fidelity_target == "exposure":
+            target = exposure_target(y, level=o.exposure_level, power=o.exposure_power, sigma=o.exposure_sigma)
+        return iem_loss(out.ts, y, o.smooth, fidelity_weight=o.fidelity_weight, smooth_weight=o.smooth_weight,
+                        target=target)
 
     def nrm_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(y)
@@ -173,6 +226,21 @@ class RUASTask(Task):
                 yield str(name), low, high
             else:
                 yield f"{i:04d}", item, None
+
+    # -- inference ----------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        out = model(images)
+        return (out.out if isinstance(out, RUASOutput) else out).clamp(0, 1)
+
+    def halo(self, model: nn.Module) -> int:
+        """Convolutions (cells: longest path) plus one pixel per IEM stage for the 2x2 max filter."""
+        from nasflow.tiling import receptive_halo
+
+        iem = sum(receptive_halo(cell) + 1 for cell in model.iem_cells)  # type: ignore[union-attr]
+        if not getattr(model, "use_nrm", False):
+            return iem
+        nrm = receptive_halo(model.nrm_stem) + sum(receptive_halo(c) for c in model.nrm_cells)  # type: ignore[union-attr]
+        return iem + nrm + receptive_halo(model.nrm_out)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def enhance(self, model: nn.Module, low: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,143 @@
+"""``nasflow enhance``: a trained image-to-image model over files and folders.
+
+Decoding, enhancing and encoding overlap: a reader thread decodes the next images while the
+network runs and a writer thread encodes the previous result, each with a bounded queue, so a
+folder runs at the pace of its slowest stage and memory does not grow with the folder.
+Nothing is ever written over an input; existing outputs only with ``overwrite``; every file
+is written under a temporary name and renamed (see :func:`nasflow.imageio.write_image`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from nasflow.errors import ConfigError, NasflowError
+
+OUTPUT_FORMATS = ("png", "jpg", "tif", "webp", "bmp", "same")
+_SUFFIX = {"png": ".png", "jpg": ".jpg", "tif": ".tif", "webp": ".webp", "bmp": ".bmp"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its result goes."""
+
+    source: Path
+    target: Path
+
+
+@dataclass
+class EnhanceReport:
+    """What a folder run did, file by file."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def plan_jobs(inputs: Sequence[str], out_dir: str | Path, *, fmt: str = "png", recursive: bool = False,
+              overwrite: bool = False) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Pair every input image with its output path; refusals are returned, not raised.
+
+    Refused: an output that is one of the inputs (even with ``overwrite``), an existing output
+    without ``overwrite``, and two inputs that would write the same output.
+    """
+    from nasflow.imageio import collect_inputs
+
+    if fmt not in OUTPUT_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o {out_dir} exists and is not a folder")
+    found = collect_inputs(list(inputs), recursive=recursive)
+    if not found:
+        raise ConfigError(f"no images found in {', '.join(inputs)} (looked for common image suffixes"
+                          f"{'' if recursive else '; use --recursive for sub-folders'})")
+    sources = {p.resolve() for p, _ in found}
+    jobs: list[Job] = []
+    refused: list[tuple[Path, str]] = []
+    claimed: dict[Path, Path] = {}
+    for path, relative in found:
+        suffix = path.suffix if fmt == "same" else _SUFFIX[fmt]
+        target = out_dir / relative.with_suffix(suffix)
+        resolved = target.resolve()
+        if resolved in sources:
+            refused.append((path, f"its output {target} would overwrite an input; choose another -o or --format"))
+        elif resolved in claimed:
+            refused.append((path, f"{claimed[resolved]} already writes {target}"))
+        elif target.exists() and not overwrite:
+            refused.append((path, f"{target} exists; pass --overwrite to replace it"))
+        else:
+            claimed[resolved] = path
+            jobs.append(Job(path, target))
+    return jobs, refused
+
+
+def _output_bit_depth(bit_depth: int, target: Path) -> int:
+    return 16 if bit_depth == 16 and target.suffix.lower() in (".png", ".tif", ".tiff") else 8
+
+
+def run_jobs(enhance_rgb: Callable[[np.ndarray], np.ndarray], jobs: Iterable[Job], *, max_pixels: int | None,
+             progress: Callable[[Iterable[Job]], Iterable[Job]] | None = None, prefetch: int = 2) -> EnhanceReport:
+    """Decode, enhance and encode every job; a bad file is reported and skipped, never fatal."""
+    from nasflow.imageio import read_image, write_image
+
+    jobs = list(jobs)
+    report = EnhanceReport()
+    started = time.perf_counter()
+
+    def read(job: Job):  # noqa: ANN202 - LoadedImage
+        return read_image(job.source, max_pixels=max_pixels)
+
+    def write(job: Job, rgb: np.ndarray, loaded) -> Path:  # noqa: ANN001
+        job.target.parent.mkdir(parents=True, exist_ok=True)
+        if loaded.gray:  # a grayscale photo stays grayscale
+            rgb = np.repeat(rgb.mean(axis=2, keepdims=True), 3, axis=2)
+        return write_image(job.target, rgb, alpha=loaded.alpha, bit_depth=_output_bit_depth(loaded.bit_depth, job.target),
+                           gray=loaded.gray)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="nasflow-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="nasflow-write") as writer:
+        reads: deque[Future] = deque(reader.submit(read, job) for job in jobs[:prefetch])
+        writes: deque[tuple[Job, Future]] = deque()
+        iterator = progress(jobs) if progress is not None else jobs
+        for i, job in enumerate(iterator):
+            future = reads.popleft()
+            if i + prefetch < len(jobs):
+                reads.append(reader.submit(read, jobs[i + prefetch]))
+            try:
+                loaded = future.result()
+                report.notes.extend((job.source, note) for note in loaded.notes)
+                rgb = enhance_rgb(loaded.rgb)
+            except NasflowError as exc:
+                report.failed.append((job.source, str(exc)))
+                continue
+            except (OSError, ValueError, MemoryError) as exc:
+                report.failed.append((job.source, f"{type(exc).__name__}: {exc}"))
+                continue
+            writes.append((job, writer.submit(write, job, rgb, loaded)))
+            while len(writes) > prefetch:
+                _collect(writes.popleft(), report)
+        while writes:
+            _collect(writes.popleft(), report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _collect(item: tuple[Job, Future], report: EnhanceReport) -> None:
+    job, future = item
+    try:
+        report.written.append(future.result())
+    except (NasflowError, OSError, ValueError) as exc:
+        report.failed.append((job.source, str(exc)))

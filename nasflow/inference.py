@@ -1,0 +1,94 @@
+"""Apply a trained image-to-image model to arrays: ``nasflow.load_model(name).enhance(array)``.
+
+Images are processed in tiles whose overlap is the network's receptive-field halo, so the
+result equals whole-image processing while memory stays bounded by the tile size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nasflow.errors import ConfigError
+from nasflow.models import LoadedModel, load_network
+from nasflow.tiling import DEFAULT_TILE, NotTileable, tiled_apply
+
+
+def pick_inference_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but this machine has no CUDA device (use auto or cpu)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+class Enhancer:
+    """A loaded model ready to enhance images (numpy arrays or NCHW tensors)."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, tile: int = DEFAULT_TILE) -> None:
+        if tile < 16:
+            raise ConfigError(f"tile must be at least 16 pixels, got {tile}")
+        self.loaded = loaded
+        self.task = loaded.task
+        self.device = device
+        self.tile = tile
+        self.network: nn.Module = self.task.inference_network(loaded.network).to(device).eval()
+        try:
+            self.halo: int | None = int(self.task.halo(loaded.network))
+        except NotTileable:
+            self.halo = None  # whole images only
+
+    @property
+    def name(self) -> str:
+        return str(self.loaded.meta.get("name") or Path(self.loaded.source).stem)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.loaded.meta)
+
+    @torch.inference_mode()
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.task.predict(self.network, x.to(self.device)).float()
+
+    @torch.inference_mode()
+    def enhance_tensor(self, x: torch.Tensor, *, tile: int | None = None) -> torch.Tensor:
+        """NCHW float in [0, 1] -> enhanced NCHW float32 on the CPU (tiled when larger than ``tile``)."""
+        if x.dim() != 4:
+            raise ValueError(f"expected an NCHW tensor, got shape {tuple(x.shape)}")
+        tile = tile or self.tile
+        if self.halo is None:
+            return self._predict(x).cpu()
+        return tiled_apply(self._predict, x, tile=tile, halo=self.halo, out_device="cpu")
+
+    def enhance(self, image: np.ndarray, *, tile: int | None = None) -> np.ndarray:
+        """Enhance one HxW, HxWx1, HxWx3 or HxWx4 array (uint8, uint16 or float in [0, 1]).
+
+        The result has the input's dtype and layout; an alpha channel is passed through and a
+        grayscale image stays grayscale.
+        """
+        from nasflow.imageio import from_array, to_array
+
+        rgb, alpha, _bits, gray = from_array(image)
+        out = self.enhance_rgb(rgb, tile=tile)
+        return to_array(out, alpha, image.dtype, gray)
+
+    def enhance_rgb(self, rgb: np.ndarray, *, tile: int | None = None) -> np.ndarray:
+        """float32 HxWx3 in [0, 1] -> float32 HxWx3 in [0, 1]."""
+        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+        y = self.enhance_tensor(x, tile=tile)
+        return y[0].permute(1, 2, 0).numpy()
+
+
+def load_model(model: str | Path, *, device: str | torch.device = "auto",
+               tile: int = DEFAULT_TILE) -> Enhancer:
+    """A shipped model by name (``nasflow list models``), a model file, or a finished run folder."""
+    dev = pick_inference_device(device)
+    return Enhancer(load_network(model, device=dev), dev, tile=tile)
