@@ -102,10 +102,8 @@ def run_jobs(enhance_rgb: Callable[[np.ndarray], np.ndarray], jobs: Iterable[Job
 
     def write(job: Job, rgb: np.ndarray, loaded) -> Path:  # noqa: ANN001
         job.target.parent.mkdir(parents=True, exist_ok=True)
-        if loaded.gray:  # a grayscale photo stays grayscale
-            rgb = np.repeat(rgb.mean(axis=2, keepdims=True), 3, axis=2)
         return write_image(job.target, rgb, alpha=loaded.alpha, bit_depth=_output_bit_depth(loaded.bit_depth, job.target),
-                           gray=loaded.gray)
+                           gray=loaded.gray)  # a grayscale photo stays grayscale
 
     with ThreadPoolExecutor(1, thread_name_prefix="nasflow-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="nasflow-write") as writer:
@@ -121,7 +119,7 @@ def run_jobs(enhance_rgb: Callable[[np.ndarray], np.ndarray], jobs: Iterable[Job
                 report.notes.extend((job.source, note) for note in loaded.notes)
                 rgb = enhance_rgb(loaded.rgb)
             except NasflowError as exc:
-                report.failed.append((job.source, str(exc)))
+                report.failed.append((job.source, _reason(exc)))
                 continue
             except (OSError, ValueError, MemoryError) as exc:
                 report.failed.append((job.source, f"{type(exc).__name__}: {exc}"))
@@ -140,4 +138,9 @@ def _collect(item: tuple[Job, Future], report: EnhanceReport) -> None:
     try:
         report.written.append(future.result())
     except (NasflowError, OSError, ValueError) as exc:
-        report.failed.append((job.source, str(exc)))
+        report.failed.append((job.source, _reason(exc)))
+
+
+def _reason(exc: BaseException) -> str:
+    """The problem alone: the report already names the file (ImageError keeps it in ``problem``)."""
+    return str(getattr(exc, "problem", None) or exc)

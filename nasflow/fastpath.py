@@ -80,26 +80,60 @@ class FastOptions:
             raise ValueError(f"threads must be positive, got {self.threads}")
 
 
-# --- convolution --------------------------------------------------------------------------------------
-_MKLDNN_CONV = getattr(torch.ops.aten, "mkldnn_convolution", None) if torch.backends.mkldnn.is_available() else None
+# --- convolution ---------------------------------------------------------------------------------------
+def _op(namespace: Any, name: str, overload: str | None = None) -> Any:
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        op = getattr(namespace, name)
+        return getattr(op, overload) if overload else op
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return None
 
 
-def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: int, dil: int) -> torch.Tensor:
-    """A same-size stride-1 conv; channels-last float32 CPU tensors go straight to oneDNN.
+_MKLDNN_CONV = _op(torch.ops.aten, "mkldnn_convolution")
+_CONV_UNARY = _op(torch.ops.mkldnn, "_convolution_pointwise")  # conv + activation, one pass
+_CONV_ADD_ = _op(torch.ops.mkldnn, "_convolution_pointwise_", "binary")  # acc += conv(x), in place
+_UNARY = {"leaky": "leaky_relu", "relu": "relu"}
 
-    ``F.conv2d`` sends 1x1 convs with one intra-op thread to a generic path that is 5-15x slower
-    than oneDNN on channels-last tensors with a handful of channels.
-    """
-    if (
+
+def _onednn(x: torch.Tensor) -> bool:
+    return (
         _MKLDNN_CONV is not None
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.dim() == 4
         and x.is_contiguous(memory_format=CL)
         and not torch.is_grad_enabled()
-    ):
-        return _MKLDNN_CONV(x, w, b, [pad, pad], [1, 1], [dil, dil], 1)
-    return F.conv2d(x, w, b, padding=pad, dilation=dil)
+    )
+
+
+def conv2d(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: int, dil: int, act: tuple | None = None
+) -> torch.Tensor:
+    """A same-size stride-1 conv, then ``act`` (``("leaky", slope)`` or ``("relu",)``) if given.
+
+    Channels-last float32 CPU tensors go straight to oneDNN (with the activation as a post-op):
+    ``F.conv2d`` sends 1x1 convs with one intra-op thread to a generic path 5-15x slower than
+    oneDNN on channels-last tensors with a handful of channels.
+    """
+    if _onednn(x):
+        if act is not None and _CONV_UNARY is not None:
+            scalars = [act[1]] if act[0] == "leaky" else []
+            return _CONV_UNARY(x, w, b, [pad, pad], [1, 1], [dil, dil], 1, _UNARY[act[0]], scalars, "")
+        y = _MKLDNN_CONV(x, w, b, [pad, pad], [1, 1], [dil, dil], 1)
+    else:
+        y = F.conv2d(x, w, b, padding=pad, dilation=dil)
+    if act is None:
+        return y
+    return F.leaky_relu_(y, act[1]) if act[0] == "leaky" else F.relu_(y)
+
+
+def conv2d_acc(acc: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, pad: int, dil: int) -> torch.Tensor:
+    """``acc += conv(x)`` in place (one oneDNN pass with a sum post-op where possible)."""
+    if _CONV_ADD_ is not None and _onednn(x) and _onednn(acc):
+        return _CONV_ADD_(acc, x, w, b, [pad, pad], [1, 1], [dil, dil], 1, "add", 1.0, None, [], None)
+    return acc.add_(conv2d(x, w, b, pad, dil))
 
 
 # --- reading a cell ---------------------------------------------------------------------------------------
@@ -219,14 +253,19 @@ class _Group:
 class FusedCell(nn.Module):
     """A :class:`~nasflow.cell.Cell` compiled into a short program of fused steps (inference only).
 
-    ``steps`` is a list of tuples run by :meth:`forward`; weights are buffers ``w<i>``/``b<i>``.
-    Steps: ``("in", i, slot)``; ``("conv", src_slot, w, b, pad, dil, out_slot, act)``;
-    ``("copy", slot, start, stop, out_slot)`` (contiguous channel slice);
-    ``("scale", src_slot, coef, out_slot, act)`` (elementwise ``act(coef * x)``);
-    ``("module", name, src_slot, out_slot)`` (an opaque edge op);
-    ``("sum", [slots], out_slot, act)``; ``("cat", [(slot, start, stop)], out_slot)``;
-    ``("post", src_slot, out_slot)`` (the original output module); ``("act_in", slot, act)``
-    (apply the activation to an input that arrived pre-computed, see :func:`fold_chain`).
+    ``steps`` is a list of tuples run by :meth:`forward` over numbered slots; weights are the
+    buffers ``w<i>``/``b<i>``. The steps:
+
+    * ``("in", i, slot)``: input ``i`` (through its ``pre`` module);
+    * ``("conv", src, w, b, pad, dil, out, act)``: ``out = act?(conv(src))``, fresh;
+    * ``("acc", acc, src, w, b, pad, dil)``: ``acc += conv(src)`` in place;
+    * ``("copy", src, start, stop, out)``: a contiguous copy of a channel slice;
+    * ``("scale", src, coef, out, act)``: ``act?(coef * src)`` elementwise;
+    * ``("module", name, src, out)``: an edge op run as is ("opaque");
+    * ``("add", acc, [slots], act)``: ``acc += each slot`` then ``act?`` in place;
+    * ``("sum", [slots], out, act)``: ``act?(sum of slots)``, out of place;
+    * ``("cat", [slots], out)`` and ``("post", src, out)``: the original output path;
+    * ``("act_in", slot, act)``: the activation of an entry conv folded into the previous module.
     """
 
     def __init__(self, cell: Cell, options: FastOptions | None = None) -> None:
@@ -244,6 +283,7 @@ class FusedCell(nn.Module):
         self.steps: list[tuple] = []
         self.n_slots = 0
         self.output_slot = -1
+        self.folded_entry = False
         self._dtype = next((p.dtype for p in cell.parameters() if p.is_floating_point()), torch.get_default_dtype())
         _Builder(self, cell).build()
         self._release = _liveness(self.steps, self.output_slot, self.n_slots)
@@ -276,6 +316,12 @@ class FusedCell(nn.Module):
             return F.relu_(x) if fresh else F.relu(x)
         return self.act(x)
 
+    def _conv(self, x: torch.Tensor, w: str, b: str | None, pad: int, dil: int, act: bool) -> torch.Tensor:
+        spec = self._act if act else None
+        if spec is not None and spec[0] == "module":
+            return self.act(conv2d(x, getattr(self, w), None if b is None else getattr(self, b), pad, dil))
+        return conv2d(x, getattr(self, w), None if b is None else getattr(self, b), pad, dil, spec)
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if len(inputs) != len(self.graph.inputs):
             raise ValueError(f"cell expects {len(self.graph.inputs)} input(s), got {len(inputs)}")
@@ -285,8 +331,10 @@ class FusedCell(nn.Module):
             op = step[0]
             if op == "conv":
                 _, src, w, b, pad, dil, out, act = step
-                y = conv2d(vals[src], getattr(self, w), None if b is None else getattr(self, b), pad, dil)
-                vals[out] = self._apply_act(y, True) if act else y
+                vals[out] = self._conv(vals[src], w, b, pad, dil, act)
+            elif op == "acc":
+                _, acc, src, w, b, pad, dil = step
+                conv2d_acc(vals[acc], vals[src], getattr(self, w), None if b is None else getattr(self, b), pad, dil)
             elif op == "in":
                 _, i, out = step
                 name = self.graph.inputs[i]
@@ -314,6 +362,12 @@ class FusedCell(nn.Module):
             elif op == "module":
                 _, name, src, out = step
                 vals[out] = self.opaque[name](vals[src])
+            elif op == "add":
+                _, acc, slots, act = step
+                for s in slots:
+                    vals[acc].add_(vals[s])
+                if act:
+                    vals[acc] = self._apply_act(vals[acc], True)
             elif op == "sum":
                 _, slots, out, act = step
                 acc = vals[slots[0]] + vals[slots[1]] if len(slots) > 1 else vals[slots[0]]
@@ -321,8 +375,8 @@ class FusedCell(nn.Module):
                     acc.add_(vals[s])
                 vals[out] = self._apply_act(acc, len(slots) > 1) if act else acc
             elif op == "cat":
-                _, parts, out = step
-                xs = [vals[s] if a is None else vals[s][:, a:z] for s, a, z in parts]
+                _, slots, out = step
+                xs = [vals[s] for s in slots]
                 vals[out] = xs[0] if len(xs) == 1 else torch.cat(xs, 1)
             elif op == "post":
                 _, src, out = step
@@ -335,81 +389,72 @@ class FusedCell(nn.Module):
 
     # -- folding across cells (see fold_chain) -------------------------------------------------------------
     def entry_conv(self) -> tuple[int, str, str | None] | None:
-        """The step index, weight and bias names of a 1x1 conv that is the only reader of the input.
+        """(step index, weight, bias) of a 1x1 conv that is the only reader of the cell's input.
 
         Only for one-input cells without a ``pre`` module; None when the input is read otherwise.
         """
-        if len(self.graph.inputs) != 1 or len(self.pre):
+        if self.folded_entry or len(self.graph.inputs) != 1 or len(self.pre) or self.steps[0] != ("in", 0, 0):
             return None
-        readers = [i for i, s in enumerate(self.steps) if s[0] != "in" and _reads(s, 0)]
-        if len(readers) != 1 or self.steps[0] != ("in", 0, 0):
+        readers = [i for i, s in enumerate(self.steps) if i > 0 and 0 in _reads(s)]
+        if len(readers) != 1:
             return None
         step = self.steps[readers[0]]
-        if step[0] != "conv" or step[4] != 0 or getattr(self, step[2]).shape[-1] != 1:
+        if step[0] != "conv" or step[1] != 0 or step[4] != 0 or getattr(self, step[2]).shape[-1] != 1:
             return None
         return readers[0], step[2], step[3]
 
-    def output_partials(self) -> list[tuple[int, str]] | None:
-        """The (conv step index, weight) of the 1x1 partial sums forming the output, if so formed."""
+    def output_partials(self) -> list[int] | None:
+        """Indices of the 1x1 ``conv``/``acc`` steps whose sum is the output, if it is so formed."""
         out = self.output_slot
-        producers = [i for i, s in enumerate(self.steps) if _writes(s) == out]
-        if len(producers) != 1:
+        writers = [i for i, s in enumerate(self.steps) if _writes(s) == out]
+        if not writers or self.steps[writers[0]][0] != "conv":
             return None
-        last = self.steps[producers[0]]
-        if last[0] == "conv":
-            parts = [producers[0]]
-        elif last[0] == "sum" and not last[3]:
-            parts = []
-            for slot in last[1]:
-                p = [i for i, s in enumerate(self.steps) if _writes(s) == slot]
-                parts += p
-        else:
-            return None
-        result = []
-        for i in parts:
+        for i in writers:
             s = self.steps[i]
-            if s[0] != "conv" or s[7] or s[4] != 0 or getattr(self, s[2]).shape[-1] != 1:
+            if s[0] == "conv" and i == writers[0]:
+                ok = not s[7] and s[4] == 0
+                w = s[2]
+            elif s[0] == "acc":
+                ok = s[5] == 0
+                w = s[3]
+            else:
                 return None
-            if sum(_reads(t, s[6]) for t in self.steps) != (0 if s[6] == out else 1):
-                return None  # a partial read by anything but the final sum
-            result.append((i, s[2]))
-        return result
+            if not ok or getattr(self, w).shape[-1] != 1:
+                return None
+        return writers
 
-    def __repr__(self) -> str:  # the default would list every buffer-less child only
-        kinds = [s[0] for s in self.steps]
-        return f"FusedCell(steps={len(kinds)}: {' '.join(kinds)}; opaque={list(self.opaque)})"
+    def extra_repr(self) -> str:
+        return f"steps={len(self.steps)}: {' '.join(s[0] for s in self.steps)}"
 
 
-def _reads(step: tuple, slot: int) -> bool:
+def _reads(step: tuple) -> tuple[int, ...]:
     op = step[0]
     if op in ("conv", "copy", "scale", "post"):
-        return step[1] == slot
+        return (step[1],)
+    if op == "acc":
+        return (step[1], step[2])
     if op == "module":
-        return step[2] == slot
-    if op == "sum":
-        return slot in step[1]
-    if op == "cat":
-        return any(s == slot for s, _, _ in step[1])
+        return (step[2],)
+    if op == "add":
+        return (step[1], *step[2])
+    if op in ("sum", "cat"):
+        return tuple(step[1])
     if op == "act_in":
-        return step[1] == slot
-    return False
+        return (step[1],)
+    return ()
 
 
 def _writes(step: tuple) -> int | None:
     op = step[0]
-    if op == "in":
+    if op in ("in", "sum", "cat", "post"):
         return step[2]
     if op == "conv":
         return step[6]
-    if op in ("copy",):
+    if op == "copy":
         return step[4]
     if op in ("scale", "module"):
         return step[3]
-    if op == "sum":
-        return step[2]
-    if op in ("cat", "post"):
-        return step[2]
-    if op == "act_in":
+    if op in ("acc", "add", "act_in"):
         return step[1]
     return None
 
@@ -418,14 +463,21 @@ def _liveness(steps: list[tuple], output: int, n_slots: int) -> list[list[int]]:
     """Per step, the slots whose last use it is (released right after it, to bound memory)."""
     last: dict[int, int] = {}
     for i, s in enumerate(steps):
-        for slot in range(n_slots):
-            if _reads(s, slot) or _writes(s) == slot:
+        for slot in (*_reads(s), _writes(s)):
+            if slot is not None:
                 last[slot] = i
     release: list[list[int]] = [[] for _ in steps]
     for slot, i in last.items():
         if slot != output:
             release[i].append(slot)
     return release
+
+
+LANES = 16  # float32 lanes of an AVX-512 register: oneDNN pads output channels to this
+
+
+def _lanes(c: int) -> int:
+    return -(-c // LANES)
 
 
 class _Builder:
@@ -436,12 +488,18 @@ class _Builder:
         self.cell = cell
         self.g = cell.graph
         self.opt = fused.options
+        self.order = {n: i for i, n in enumerate(self.g.node_names)}
         self.loc: dict[str, _Loc] = {}
         self.chan: dict[str, int | None] = {n: None for n in self.g.node_names}
         self.slot_chan: dict[int, int | None] = {}
         self.copies: dict[str, int] = {}  # node -> slot of a contiguous copy of its slice
         self.terms: dict[str, list[_Term]] = {}
         self.activate = {n.name: n.activate and cell.act is not None for n in self.g.nodes}
+        post = cell.post
+        self.post_conv = _same_conv(post) if type(post) is nn.Conv2d else None
+        self.partial = False  # decided once channels are known
+        self.acc_slot: int | None = None
+        self.pending = [o for o in dict.fromkeys(self.g.output)]  # output nodes not yet accumulated
 
     # -- analysis --------------------------------------------------------------------------------------
     def read_terms(self) -> None:
@@ -484,6 +542,15 @@ class _Builder:
                 for t in self.terms[node.name]:
                     if t.linear and t.conv is None and self.chan[t.src] is not None:
                         put(node.name, self.chan[t.src])
+        outs = list(self.g.output)
+        conv = self.post_conv
+        self.partial = (
+            self.opt.fusion == "partial"
+            and conv is not None
+            and conv.k == 1
+            and all(self.chan[o] is not None for o in outs)
+            and sum(self.chan[o] for o in outs) == conv.weight.shape[1]
+        )
 
     def fold_identities(self) -> None:
         if not self.opt.fold_identity:
@@ -497,52 +564,90 @@ class _Builder:
                     t.coef = 0.0
 
     def single_source(self, node: str) -> _Term | None:
+        """The one linear term of ``node`` if it reads one source (identity folded), else None."""
         terms = self.terms[node]
         if len(terms) == 1 and terms[0].linear and (terms[0].conv is None or terms[0].coef == 0.0):
             return terms[0]
         return None
 
-    def split(self, src: str, activate: bool, convs: list[str]) -> list[_Group]:
-        """Conv nodes of one source -> groups (1x1 convs join the first larger kernel)."""
+    def plan_groups(self) -> dict[str, _Group]:
+        """node -> the group (one conv of one source) that computes it.
+
+        Sources are visited last to first, so that when the consumers of a source are grouped it
+        is known which of them must be whole tensors (read by a larger-kernel conv: a channel
+        slice of a channels-last block costs a copy). Convs with the same kernel always merge
+        (saves a pass of about the same cost); 1x1 convs and identity-only nodes join a group
+        only if they need not be whole and the group stays within one register of lanes.
+        """
+        whole: dict[str, bool] = {n: False for n in self.g.node_names}
+        for node in self.g.nodes:
+            if self.single_source(node.name) is None:
+                for t in self.terms[node.name]:
+                    if t.opaque is not None or t.conv is None or t.coef != 0.0 or t.conv.k > 1:
+                        whole[t.src] = True
+        if not self.partial:
+            for o in self.g.output:
+                whole[o] = True
+        by_src: dict[str, list[str]] = {}
+        for node in self.g.nodes:
+            term = self.single_source(node.name)
+            if term is not None:
+                by_src.setdefault(term.src, []).append(node.name)
+        member: dict[str, _Group] = {}
+        for src in sorted(by_src, key=self.order.__getitem__, reverse=True):
+            for activate in (True, False):
+                part = [n for n in by_src[src] if self.activate[n] == activate]
+                groups = self.split(src, activate, part, whole)
+                for gr in groups:
+                    gr.nodes.sort(key=self.order.__getitem__)
+                    for n in gr.nodes:
+                        member[n] = gr
+                    if gr.key is not None or len(gr.nodes) > 1 or whole.get(src):
+                        pass
+                    if gr.key is not None:
+                        whole[src] = True  # a larger kernel reads it: keep it whole if possible
+        return member
+
+    def split(self, src: str, activate: bool, part: list[str], whole: dict[str, bool]) -> list[_Group]:
+        convs = [n for n in part if self.single_source(n).conv is not None]
+        idents = [n for n in part if self.single_source(n).conv is None]
+        if not convs:
+            return []  # identity-only nodes of this source: elementwise
         keys = {n: self.single_source(n).conv.shape_key for n in convs}
         if self.opt.merge == "none":
             return [_Group(src, activate, keys[n], [n]) for n in convs]
-        big = [k for k in dict.fromkeys(keys.values()) if k is not None]
-        if not big:
-            return [_Group(src, activate, None, list(convs))]
+        big = [k for k in dict.fromkeys(keys[n] for n in convs) if k is not None]
         if self.opt.merge == "pad" and len(big) > 1:
             extent = max(d * (k - 1) + 1 for k, d in big)
-            return [_Group(src, activate, (extent, 1), list(convs))]
-        groups = {k: _Group(src, activate, k) for k in big}
-        first = groups[big[0]]
-        for n in convs:
-            (groups[keys[n]] if keys[n] is not None else first).nodes.append(n)
-        return list(groups.values())
-
-    def plan_groups(self) -> dict[str, _Group]:
-        """node -> the group that computes it (single-source linear nodes only)."""
-        by_src: dict[str, list[str]] = {}
-        for node in self.g.nodes:
-            if self.single_source(node.name) is not None:
-                by_src.setdefault(self.single_source(node.name).src, []).append(node.name)
-        member: dict[str, _Group] = {}
-        for src, nodes in by_src.items():
-            for activate in (True, False):
-                part = [n for n in nodes if self.activate[n] == activate]
-                convs = [n for n in part if self.single_source(n).conv is not None]
-                idents = [n for n in part if self.single_source(n).conv is None]
-                if not convs:
-                    continue  # identity-only nodes of this source: elementwise
-                groups = self.split(src, activate, convs)
-                if self.opt.identity_rows and self.chan[src] is not None:
-                    for n in idents:
-                        groups[0].nodes.append(n)
+            groups = [_Group(src, activate, (extent, 1), [n for n in convs if keys[n] is not None])]
+        else:
+            groups = [_Group(src, activate, k, [n for n in convs if keys[n] == k]) for k in big]
+        small = [n for n in convs if keys[n] is None]
+        if self.opt.identity_rows and self.chan[src] is not None:
+            small += idents
+        ones: _Group | None = None
+        for n in sorted(small, key=self.order.__getitem__):
+            c = self.chan[n]
+            target = None
+            if not whole[n]:
                 for gr in groups:
-                    order = {n: i for i, n in enumerate(x.name for x in self.g.nodes)}
-                    gr.nodes.sort(key=order.__getitem__)
-                    for n in gr.nodes:
-                        member[n] = gr
-        return member
+                    width = sum(self.chan[m] for m in gr.nodes)
+                    single_whole = len(gr.nodes) == 1 and whole[gr.nodes[0]]
+                    if gr.key is not None and not single_whole and _lanes(width + c) == _lanes(width):
+                        target = gr
+                        break
+            if target is not None:
+                target.nodes.append(n)
+            elif self.single_source(n).conv is None:
+                continue  # an identity-only node stays elementwise
+            elif whole[n]:
+                groups.append(_Group(src, activate, None, [n]))
+            else:
+                if ones is None:
+                    ones = _Group(src, activate, None, [])
+                    groups.append(ones)
+                ones.nodes.append(n)
+        return groups
 
     # -- emitting ----------------------------------------------------------------------------------------
     def emit(self, step: tuple) -> None:
@@ -560,16 +665,18 @@ class _Builder:
             self.copies[node] = out
         return self.copies[node]
 
-    def conv_step(self, src: str, weight: torch.Tensor, bias: torch.Tensor | None, dil: int, act: bool) -> int:
-        """Emit ``conv(value of src)``; a 1x1 kernel reads a block whole with zero columns."""
+    def conv_input(self, src: str, weight: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The slot a conv of ``src`` reads and its weight: a 1x1 kernel reads a block whole."""
         loc = self.loc[src]
+        if loc.whole or weight.shape[-1] != 1 or self.slot_chan.get(loc.slot) is None:
+            return self.whole_slot(src), weight
+        full = weight.new_zeros(weight.shape[0], self.slot_chan[loc.slot], 1, 1)
+        full[:, loc.start:loc.stop] = weight
+        return loc.slot, full
+
+    def conv_step(self, src: str, weight: torch.Tensor, bias: torch.Tensor | None, dil: int, act: bool) -> int:
+        in_slot, weight = self.conv_input(src, weight)
         k = weight.shape[-1]
-        if loc.whole or k != 1 or self.slot_chan.get(loc.slot) is None:
-            in_slot = self.whole_slot(src)
-        else:
-            full = weight.new_zeros(weight.shape[0], self.slot_chan[loc.slot], 1, 1)
-            full[:, loc.start:loc.stop] = weight
-            weight, in_slot = full, loc.slot
         w, b = self.f._add_weight(weight, bias)
         out = self.f._new_slot()
         self.emit(("conv", in_slot, w, b, dil * (k - 1) // 2, dil if k > 1 else 1, out, act))
@@ -614,76 +721,86 @@ class _Builder:
         self.loc[node] = _Loc(out, src.start, src.stop)
 
     def emit_general(self, node: str) -> None:
-        slots = []
+        """A node with several terms (or opaque ones): convs accumulate, the rest is added."""
+        first: int | None = None
+        others: list[int] = []
         for t in self.terms[node]:
             if t.opaque is not None:
                 out = self.f._new_slot()
                 self.emit(("module", t.opaque, self.whole_slot(t.src), out))
                 self.f.opaque[t.opaque] = self.cell.edges[t.opaque]
-                slots.append(out)
+                others.append(out)
                 continue
             if t.conv is not None:
-                slots.append(self.conv_step(t.src, t.conv.weight, t.conv.bias, t.conv.dilation, False))
+                if first is None:
+                    first = self.conv_step(t.src, t.conv.weight, t.conv.bias, t.conv.dilation, False)
+                else:
+                    in_slot, weight = self.conv_input(t.src, t.conv.weight)
+                    w, b = self.f._add_weight(weight, t.conv.bias)
+                    k, d = t.conv.k, t.conv.dilation
+                    self.emit(("acc", first, in_slot, w, b, d * (k - 1) // 2, d if k > 1 else 1))
             if t.coef != 0.0 or t.conv is None:
                 src = self.whole_slot(t.src)
                 if t.coef == 1.0:
-                    slots.append(src)
+                    others.append(src)
                 else:
                     out = self.f._new_slot()
                     self.emit(("scale", src, t.coef, out, False))
-                    slots.append(out)
-        out = self.f._new_slot()
-        self.emit(("sum", slots, out, self.activate[node]))
-        self.loc[node] = _Loc(out)
+                    others.append(out)
+        if first is not None:
+            self.emit(("add", first, others, self.activate[node]))
+            self.loc[node] = _Loc(first)
+        else:
+            out = self.f._new_slot()
+            self.emit(("sum", others, out, self.activate[node]))
+            self.loc[node] = _Loc(out)
+
+    def emit_partials(self) -> None:
+        """Accumulate ``W_o @ o`` for output nodes located so far (one 1x1 conv per block)."""
+        conv = self.post_conv
+        ready = [o for o in self.pending if o in self.loc]
+        if not ready:
+            return
+        col = {}
+        at = 0
+        for o in self.g.output:
+            col.setdefault(o, []).append(at)
+            at += self.chan[o]
+        per_slot: dict[int, torch.Tensor] = {}
+        for o in ready:
+            loc, c = self.loc[o], self.chan[o]
+            if loc.whole:
+                slot, width, a = loc.slot, c, 0
+            elif self.slot_chan.get(loc.slot) is not None:
+                slot, width, a = loc.slot, self.slot_chan[loc.slot], loc.start
+            else:
+                slot, width, a = self.whole_slot(o), c, 0
+            if slot not in per_slot:
+                per_slot[slot] = conv.weight.new_zeros(conv.weight.shape[0], width, 1, 1)
+            for start in col[o]:  # a node listed twice in the output counts twice
+                per_slot[slot][:, a:a + c] += conv.weight[:, start:start + c]
+            self.pending.remove(o)
+        for slot, w in per_slot.items():
+            if self.acc_slot is None:
+                wname, bname = self.f._add_weight(w, conv.bias)
+                self.acc_slot = self.f._new_slot()
+                self.emit(("conv", slot, wname, bname, 0, 1, self.acc_slot, False))
+            else:
+                wname, _ = self.f._add_weight(w, None)
+                self.emit(("acc", self.acc_slot, slot, wname, None, 0, 1))
 
     def emit_output(self) -> None:
-        g, post = self.g, self.cell.post
-        outs = list(g.output)
-        conv = _same_conv(post) if type(post) is nn.Conv2d else None
-        partial = (
-            self.opt.fusion == "partial"
-            and conv is not None
-            and conv.k == 1
-            and all(self.chan[o] is not None for o in outs)
-            and sum(self.chan[o] for o in outs) == conv.weight.shape[1]
-        )
-        if partial:
-            # W @ cat(outputs) == sum over blocks of W_block @ block (zero columns elsewhere)
-            per_slot: dict[int, torch.Tensor] = {}
-            col = 0
-            for o in outs:
-                loc, c = self.loc[o], self.chan[o]
-                cols = conv.weight[:, col:col + c]
-                col += c
-                if loc.whole:
-                    key, width, a = loc.slot, c, 0
-                elif self.slot_chan.get(loc.slot) is not None:
-                    key, width, a = loc.slot, self.slot_chan[loc.slot], loc.start
-                else:
-                    key, width, a = self.whole_slot(o), c, 0
-                if key not in per_slot:
-                    per_slot[key] = conv.weight.new_zeros(conv.weight.shape[0], width, 1, 1)
-                per_slot[key][:, a:a + c] += cols
-            parts = []
-            for i, (slot, w) in enumerate(per_slot.items()):
-                wname, bname = self.f._add_weight(w, conv.bias if i == 0 else None)
-                out = self.f._new_slot()
-                self.emit(("conv", slot, wname, bname, 0, 1, out, False))
-                parts.append(out)
-            if len(parts) == 1:
-                self.f.output_slot = parts[0]
-            else:
-                out = self.f._new_slot()
-                self.emit(("sum", parts, out, False))
-                self.f.output_slot = out
+        if self.partial:
+            self.emit_partials()
+            self.f.output_slot = self.acc_slot
             return
-        if type(post) is not nn.Identity:
-            self.f.post_module = post
+        post = self.cell.post
         out = self.f._new_slot()
-        self.emit(("cat", [(self.whole_slot(o), None, None) for o in outs], out))
+        self.emit(("cat", [self.whole_slot(o) for o in self.g.output], out))
         if type(post) is nn.Identity:
             self.f.output_slot = out
         else:
+            self.f.post_module = post
             final = self.f._new_slot()
             self.emit(("post", out, final))
             self.f.output_slot = final
@@ -710,6 +827,8 @@ class _Builder:
                 self.emit_elementwise(n, self.single_source(n))
             else:
                 self.emit_general(n)
+            if self.partial:
+                self.emit_partials()
         self.emit_output()
 
 
@@ -721,8 +840,8 @@ def _place(conv: _Conv, k: int, dil: int) -> torch.Tensor:
     out = w.new_zeros(w.shape[0], w.shape[1], k, k)
     c, ck = k // 2, conv.k // 2
     step = conv.dilation if conv.k > 1 else 0
-    if step % dil:
-        raise Unsupported("kernel does not fit the common kernel")  # pragma: no cover - plan avoids it
+    if step % dil:  # pragma: no cover - groups only mix kernels that fit
+        raise Unsupported("kernel does not fit the common kernel")
     for i in range(conv.k):
         for j in range(conv.k):
             out[:, :, c + (i - ck) * step // dil, c + (j - ck) * step // dil] = w[:, :, i, j]

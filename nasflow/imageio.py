@@ -262,7 +262,8 @@ def _frame_notes(image: Image.Image) -> list[str]:
 
 def _pixels_from_pillow(image: Image.Image) -> _Pixels:
     """Decode a Pillow image into float planes, whatever its mode."""
-    rawmode = _tile_rawmode(image)  # the tile list is gone after load()
+    narrowed = _narrowed_from_16_bits(image)  # the tile list is gone after load()
+    source = image.format or "image"
     image.load()
     mode = image.mode
     if mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I
@@ -278,19 +279,23 @@ def _pixels_from_pillow(image: Image.Image) -> _Pixels:
         color = color[..., 0]
     alpha = planes[..., -1] if has_alpha else None
     depth = 8
-    if ";16" in rawmode and image.mode in ("RGB", "RGBA"):
+    if narrowed:
         depth = 16
-        notes.append(f"16-bit {image.format or 'image'} colour read at 8 bits (Pillow limit)")
+        notes.append(f"16-bit {source} colour read at 8 bits (Pillow limit)")
     return _Pixels(color, alpha, depth, notes)
 
 
-def _tile_rawmode(image: Image.Image) -> str:
-    """The raw mode Pillow will decode with: tells a 16-bit source that it narrows to 8 bits."""
+def _narrowed_from_16_bits(image: Image.Image) -> bool:
+    """Whether Pillow will squeeze 16-bit colour samples into 8 bits (it has no 16-bit RGB
+    mode); told by the decoder's raw mode, or for PPM by its maximum value."""
+    if image.mode not in ("RGB", "RGBA"):
+        return False
     tile = getattr(image, "tile", None) or []
     args = getattr(tile[0], "args", None) if tile else None
-    if isinstance(args, tuple) and args:
-        args = args[0]
-    return args if isinstance(args, str) else ""
+    args = args if isinstance(args, tuple) else (args,)
+    rawmode = args[0] if args and isinstance(args[0], str) else ""
+    maxval = args[1] if image.format == "PPM" and len(args) > 1 else 0
+    return ";16" in rawmode or (isinstance(maxval, int) and maxval > 255)
 
 
 def _to_8bit_mode(image: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -319,7 +324,7 @@ def _to_8bit_mode(image: Image.Image) -> tuple[Image.Image, list[str]]:
 
 def _gray_from_ints(image: Image.Image) -> _Pixels:
     """16-bit (or 32-bit integer) gray: scale by 65535, clipping what a 16-bit range can't hold."""
-    values = np.asarray(image).astype(np.int64)
+    values = np.asarray(image).astype(np.int32)  # I;16 in any byte order, or I
     notes = []
     if values.size and (values.min() < 0 or values.max() > 65535):
         notes.append("integer values outside 0..65535 clipped")

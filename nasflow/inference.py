@@ -78,7 +78,10 @@ class Enhancer:
 
         rgb, alpha, _bits, gray = from_array(image)
         out = self.enhance_rgb(rgb, tile=tile)
-        return to_array(out, alpha, image.dtype, gray)
+        result = to_array(out, alpha, image.dtype, gray, keepdims=image.ndim == 3)
+        if image.ndim == 3 and image.shape[2] == 4:
+            result[..., 3] = image[..., 3]  # alpha passes through bit-exact, whatever the dtype
+        return result
 
     def enhance_rgb(self, rgb: np.ndarray, *, tile: int | None = None) -> np.ndarray:
         """float32 HxWx3 in [0, 1] -> float32 HxWx3 in [0, 1]."""

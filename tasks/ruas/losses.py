@@ -208,13 +208,15 @@ def _resolve_smooth(smooth: str | Callable[..., Tensor]) -> Callable[..., Tensor
     return fn
 
 
-def exposure_target(y: Tensor, *, level: float, power: float, sigma: float = 0.0, t_min: float = 1e-3) -> Tensor:
+def exposure_target(y: Tensor, *, level: float, power: float, sigma: float = 0.0, t_min: float = 1e-3,
+                    luminance: str = "max") -> Tensor:
     """An illumination target that brightens dark regions and leaves bright ones alone (nasflow).
 
     The released fidelity pulls ``t`` towards ``y`` itself, so ``u = y / t`` is driven to 1 (white)
     wherever ``t`` can follow: every image is normalised to full brightness, which is why released
-    RUAS models blow well-exposed photos out. Here, with ``L`` the per-pixel channel maximum of
-    ``y`` (optionally Gaussian-blurred with ``sigma`` pixels)::
+    RUAS models blow well-exposed photos out. Here, with ``L`` the per-pixel channel maximum
+    (``luminance="max"``, the Retinex convention) or mean (``"mean"``) of ``y``, optionally
+    Gaussian-blurred with ``sigma`` pixels::
 
         t* = clamp(L / level, t_min, 1) ** power            (same map for R, G, B)
 
@@ -227,8 +229,10 @@ def exposure_target(y: Tensor, *, level: float, power: float, sigma: float = 0.0
         raise ValueError(f"level must be in (0, 1], got {level}")
     if not 0.0 <= power <= 1.0:
         raise ValueError(f"power must be in [0, 1], got {power}")
+    if luminance not in ("max", "mean"):
+        raise ValueError(f"luminance must be 'max' or 'mean', got {luminance!r}")
     with torch.no_grad():
-        lum = y.amax(dim=1, keepdim=True)
+        lum = y.amax(dim=1, keepdim=True) if luminance == "max" else y.mean(dim=1, keepdim=True)
         if sigma > 0:
             lum = _gaussian_blur(lum, sigma)
         target = torch.clamp(lum / level, t_min, 1.0) ** power
@@ -260,6 +264,7 @@ def iem_loss(
     smooth_weight: float = 1.0,
     smooth_kwargs: Mapping[str, Any] | None = None,
     target: Tensor | None = None,
+    all_stages: bool = False,
 ) -> dict[str, Tensor]:
     """IEM loss of RUAS ``LossFunction``: ``0.5 * MSE(t_K, y) + smooth(t_K, y)``, as named terms.
 
@@ -269,16 +274,20 @@ def iem_loss(
     ``{"loss": fidelity_weight * fidelity + smooth_weight * smooth, "fidelity", "smooth"}``; the
     default weights (1, 1) give the released loss (the 0.5 is inside ``fidelity``). ``target``
     replaces ``y`` as what the fidelity pulls ``t`` towards (e.g. :func:`exposure_target`); the
-    smoothness term is always guided by ``y``.
+    smoothness term is always guided by ``y``. ``all_stages`` averages the fidelity over every
+    stage's map (the paper's sum over stages, eq. 9; the release keeps only the last), which gives
+    each stage's cell its own signal: with the last map alone, earlier stages can drift to
+    ``t = 1`` and the last cell to a constant.
     """
     if isinstance(ts_or_t, Tensor):
-        t_last = ts_or_t
+        seq = [ts_or_t]
     else:
         seq = list(ts_or_t)
         if not seq:
             raise ValueError("ts_or_t is an empty sequence")
-        t_last = seq[-1]
-    fid = fidelity(t_last, y if target is None else target)
+    t_last = seq[-1]
+    goal = y if target is None else target
+    fid = (sum(fidelity(t, goal) for t in seq) / len(seq)) if all_stages else fidelity(t_last, goal)
     smo = _resolve_smooth(smooth)(t_last, y, **dict(smooth_kwargs or {}))
     return {"loss": fidelity_weight * fid + smooth_weight * smo, "fidelity": fid, "smooth": smo}
 

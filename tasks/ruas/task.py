@@ -54,6 +54,8 @@ class RUASOptions:
     exposure_level: float = field(default=0.6, metadata={"min": 0.01, "max": 1.0})
     exposure_power: float = field(default=0.7, metadata={"min": 0.0, "max": 1.0})
     exposure_sigma: float = field(default=0.0, metadata={"min": 0.0})
+    exposure_luminance: str = field(default="max", metadata={"choices": ("max", "mean")})
+    fidelity_stages: str = field(default="last", metadata={"choices": ("last", "all")})  # released: last
     nrm_channels: int = field(default=6, metadata={"min": 1})
     # training the compiled network: both modules at once, or the IEM first and then the NRM on its output
     train_schedule: str = field(default="joint", metadata={"choices": ("joint", "iem_then_nrm")})
@@ -174,9 +176,10 @@ class RUASTask(Task):
         o = self.options
         target = None
         if o.fidelity_target == "exposure":
-            target = exposure_target(y, level=o.exposure_level, power=o.exposure_power, sigma=o.exposure_sigma)
+            target = exposure_target(y, level=o.exposure_level, power=o.exposure_power, sigma=o.exposure_sigma,
+                                     luminance=o.exposure_luminance)
         return iem_loss(out.ts, y, o.smooth, fidelity_weight=o.fidelity_weight, smooth_weight=o.smooth_weight,
-                        target=target)
+                        target=target, all_stages=o.fidelity_stages == "all")
 
     def nrm_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(y)
