@@ -49,12 +49,21 @@ def test_tiled_output_equals_whole_image(model_path: Path, single_thread: None) 
     assert enhancer.halo is not None and enhancer.halo > 0
 
 
+def test_enhancer_equals_the_plain_compiled_network(model_path: Path, single_thread: None) -> None:
+    """What users run (fast path, tiles) computes the compiled network's clamped output."""
+    enhancer = load_model(model_path, device="cpu", tile=48)
+    x = torch.rand(1, 3, 101, 77) * 0.3
+    with torch.no_grad():
+        plain = enhancer.loaded.network(x).out.clamp(0, 1)
+    assert (enhancer.enhance_tensor(x) - plain).abs().max().item() < 1e-5
+
+
 def test_tiling_with_a_halo_too_small_differs(model_path: Path, single_thread: None) -> None:
     """The halo is needed: one pixel less and the tiles disagree with the whole image."""
     from nasflow.tiling import tiled_apply
 
     enhancer = load_model(model_path, device="cpu")
-    net = enhancer.network.double()
+    net = enhancer.loaded.network.double()  # the plain compiled network
     x = torch.rand(1, 3, 90, 90, dtype=torch.float64) * 0.3
     with torch.no_grad():
         whole = net(x).out

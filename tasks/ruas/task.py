@@ -235,10 +235,18 @@ class RUASTask(Task):
         out = model(images)
         return (out.out if isinstance(out, RUASOutput) else out).clamp(0, 1)
 
+    def inference_network(self, model: nn.Module) -> nn.Module:
+        """The fused fast path (:func:`nasflow.tasks.ruas.fast.fast_ruas`): same function, less work."""
+        from nasflow.tasks.ruas.fast import fast_ruas
+
+        return fast_ruas(model)
+
     def halo(self, model: nn.Module) -> int:
         """Convolutions (cells: longest path) plus one pixel per IEM stage for the 2x2 max filter."""
         from nasflow.tiling import receptive_halo
 
+        if callable(getattr(model, "halo", None)):
+            return int(model.halo())
         iem = sum(receptive_halo(cell) + 1 for cell in model.iem_cells)  # type: ignore[union-attr]
         if not getattr(model, "use_nrm", False):
             return iem
