@@ -30,9 +30,11 @@ class ArchAlphas(nn.Module):
         self.alphas = nn.ParameterDict()
         self._graphs: dict[str, CellGraph] = {}
         self._spaces: dict[str, str] = {}
+        self._rules: dict[str, str] = {}  # space name -> its default derive rule (spaces named by path too)
 
     def ensure(
-        self, label: str, graph: CellGraph, space: str, init_std: float = 1e-3, generator: torch.Generator | None = None
+        self, label: str, graph: CellGraph, space: str, init_std: float = 1e-3, generator: torch.Generator | None = None,
+        default_rule: str | None = None,
     ) -> nn.Parameter:
         """The alpha of ``label``, created (``init_std * N(0, 1)``, as DARTS) on first use."""
         if not label or "." in label:
@@ -48,7 +50,13 @@ class ArchAlphas(nn.Module):
         self.alphas[label] = nn.Parameter(init_std * torch.randn(shape, generator=generator))
         self._graphs[label] = graph
         self._spaces[label] = space
+        if default_rule is not None:
+            self._rules[space] = default_rule
         return self.alphas[label]
+
+    def default_rule(self, space: str) -> str | None:
+        """The derive rule the space that built these alphas asked for (None: look the space up)."""
+        return self._rules.get(space)
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -1,17 +1,38 @@
-"""Checkpoints: atomic writes, safe loads, and every RNG state needed for bitwise resume."""
+"""Checkpoints: atomic writes, safe loads, rotation, the run-folder lock, and every RNG state
+needed for bitwise resume.
+
+Safety: every torch file is loaded with ``weights_only=True``, torch's restricted unpickler,
+which builds tensors and plain containers only; a file that would construct any other object
+(e.g. a crafted pickle calling ``os.system`` or ``open``) is refused before anything runs.
+
+Durability: a file is written under a temporary name, fsynced, then renamed over its target, so a
+kill at any moment leaves the old file or the new one. A run keeps two checkpoints,
+``checkpoints/last.ckpt`` and the one before it, ``checkpoints/prev.ckpt``; a resume tries them
+newest first (:func:`load_latest`) and says which it used.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import pickle
 import random
+import secrets
+import sys
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from nasflow.errors import NasflowError
+from nasflow.errors import CheckpointError, RunLockedError
+
+LAST, PREV = "last.ckpt", "prev.ckpt"
+LOCK_NAME = ".nasflow.lock"
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
@@ -35,15 +56,146 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a text file under a temporary name beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_rotating(obj: Any, folder: str | Path) -> Path:
+    """Save ``obj`` as ``folder/last.ckpt``, keeping the previous ``last.ckpt`` as ``prev.ckpt``.
+
+    Order: the new file is complete on disk (temp + fsync) before anything moves; then the
+    current ``last.ckpt`` becomes ``prev.ckpt`` by a hard link renamed into place (a copy where the
+    file system has no hard links); then the new file is renamed to ``last.ckpt``. At every
+    instant ``last.ckpt`` is a complete checkpoint (old or new) and ``prev.ckpt`` an older one.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    last, prev = folder / LAST, folder / PREV
+    fd, tmp = tempfile.mkstemp(prefix=f".{LAST}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if last.is_file():
+            _link_or_copy(last, prev)
+        os.replace(tmp, last)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    return last
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of ``src`` atomically (hard link, or a copy, under a temp name)."""
+    with contextlib.suppress(OSError):
+        if os.path.samefile(src, dst):  # already (a kill between the two renames of a rotation)
+            return
+    temp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(src, temp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, temp)
+        os.replace(temp, dst)
+    finally:
+        temp.unlink(missing_ok=True)  # rename of two links to one file does nothing and leaves temp
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not on Windows; best effort elsewhere
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def load_safe(path: str | Path) -> Any:
-    """Load with ``weights_only=True`` onto the CPU; unreadable files are user errors."""
+    """Load with ``weights_only=True`` onto the CPU; unreadable or refused files are user errors.
+
+    Only tensors and plain data are ever built: a file naming any other object (a crafted
+    pickle) raises :class:`CheckpointError` before that object is constructed.
+    """
     path = Path(path)
     if not path.is_file():
-        raise NasflowError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "weights only" in first.lower() or "unsupported global" in str(exc).lower():
+            found = _unsupported_global(str(exc))
+            raise CheckpointError(f"cannot load checkpoint {path}: refused, it would construct "
+                                  f"{found or 'objects other than tensors and plain data'} when loaded "
+                                  "(only tensors and plain data are ever loaded)") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {first or 'not a torch file'}") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise NasflowError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first.split(". ")[0].rstrip(".")  # torch appends paragraphs of advice
+        raise CheckpointError(f"cannot load checkpoint {path}: {first} (truncated or not a checkpoint?)") from None
+
+
+def _unsupported_global(message: str) -> str | None:
+    """The ``module.name`` torch's weights-only unpickler refused, from its message."""
+    import re
+
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    return match.group(1) if match else None
+
+
+@dataclass
+class Loaded:
+    """A checkpoint loaded by :func:`load_latest`: its content, its file, and what was skipped."""
+
+    state: Any
+    path: Path
+    skipped: list[str]  # "FILE: why" for every newer checkpoint that could not be used
+
+
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """The checkpoints of a run's ``checkpoints/`` folder that exist, newest first."""
+    folder = Path(folder)
+    return [p for p in (folder / LAST, folder / PREV) if p.is_file()]
+
+
+def load_latest(folder: str | Path, check: Callable[[Any, Path], None] | None = None) -> Loaded:
+    """Load ``last.ckpt``, or ``prev.ckpt`` when the newer one is unreadable (or fails ``check``).
+
+    ``check(state, path)`` may raise :class:`CheckpointError` to reject a loaded state (wrong
+    structure). Raises :class:`CheckpointError` naming every file and why when none is usable.
+    """
+    files = checkpoint_files(folder)
+    if not files:
+        raise CheckpointError(f"no checkpoint in {folder}")
+    skipped: list[str] = []
+    for path in files:
+        try:
+            state = load_safe(path)
+            if check is not None:
+                check(state, path)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        return Loaded(state, path, skipped)
+    raise CheckpointError("no usable checkpoint: " + "; ".join(skipped))
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,3 +220,119 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the run-folder lock ------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock on a run folder: ``FOLDER/.nasflow.lock`` holding the owner's pid.
+
+    On POSIX the file also carries an advisory ``flock``, which the kernel releases when the
+    process dies however it dies; elsewhere the pid is checked for life. A lock whose owner is
+    gone (killed, crashed) is stale: it is taken over, and :attr:`took_over` says from which pid.
+    A live owner makes :meth:`acquire` raise :class:`RunLockedError` naming its pid.
+    """
+
+    def __init__(self, folder: Path, fd: int | None, took_over: int | None) -> None:
+        self.folder = folder
+        self.path = folder / LOCK_NAME
+        self._fd = fd
+        self.took_over = took_over  # pid of a dead owner whose stale lock was taken over
+
+    @classmethod
+    def acquire(cls, folder: str | Path) -> "RunLock":
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / LOCK_NAME
+        try:
+            import fcntl
+        except ImportError:  # Windows: pid files only
+            return cls._acquire_by_pid(folder, path)
+        for _ in range(10):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    owner = _read_pid(path)
+                    raise RunLockedError(cls._locked_message(folder, owner)) from None
+                return cls._acquire_by_pid(folder, path)  # a file system without flock
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the owner removed the file between our open and our lock: try again
+        else:
+            raise RunLockedError(cls._locked_message(folder, _read_pid(path)))
+        previous = _read_pid(path)
+        took_over = previous if previous is not None and previous != os.getpid() else None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        return cls(folder, fd, took_over)
+
+    @classmethod
+    def _acquire_by_pid(cls, folder: Path, path: Path) -> "RunLock":
+        took_over = None
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = _read_pid(path)
+                if owner is not None and owner != os.getpid() and _pid_alive(owner):
+                    raise RunLockedError(cls._locked_message(folder, owner)) from None
+                took_over = owner
+                path.unlink(missing_ok=True)
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+            return cls(folder, None, took_over)
+        raise RunLockedError(cls._locked_message(folder, _read_pid(path)))
+
+    @staticmethod
+    def _locked_message(folder: Path, owner: int | None) -> str:
+        who = f"pid {owner}" if owner is not None else "another process"
+        return (f"run folder {folder} is in use by another nasflow run ({who}; lock file {folder / LOCK_NAME}); "
+                "wait for it to finish or choose another --out")
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (idempotent)."""
+        if self._fd is None and not self.path.exists():
+            return
+        with contextlib.suppress(OSError):
+            if _read_pid(self.path) == os.getpid():
+                self.path.unlink()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if sys.platform == "win32":  # pragma: no cover - no signal 0 there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

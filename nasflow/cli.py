@@ -5,21 +5,36 @@ Error policy, so that scripts and people can tell "you gave me something wrong" 
 is broken": a :class:`~nasflow.errors.NasflowError` or an unreadable user path is ONE line
 ``nasflow: error: ...`` and exit code 2 (argparse usage errors are 2 as well); anything else is
 an internal error, exit code 1; Ctrl-C is 130. ``--debug`` adds the traceback.
+
+Exit codes:
+
+* 0 - success.
+* 1 - an internal error (a bug: please report it with ``--debug``), or ``nasflow enhance`` finished
+  but some input files failed (each named on stderr, then a summary line).
+* 2 - a user error: bad path, config, genotype, checkpoint or model file, a locked run folder, an
+  output location that is read-only or full. One line on stderr.
+* 3 - the training diverged: a loss or weight became NaN or infinite (``TrainingDiverged``). One line
+  naming the step, the loss terms and the learning rates to lower; the last good checkpoint is kept.
+* 130 - interrupted (Ctrl-C). During a search nasflow finishes the current step, writes a checkpoint
+  and says how to ``--resume``; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
 from nasflow import __version__
-from nasflow.errors import ConfigError, GenotypeError, NasflowError
+from nasflow.errors import ConfigError, GenotypeError, NasflowError, OutputError, TrainingDiverged
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 USER_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+USER_ERRNOS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM")
+                        if hasattr(errno, name))  # OSErrors that mean "your disk", not "our bug"
 
 _DESCRIPTION = """\
 nasflow: differentiable neural architecture search with pluggable search spaces.
@@ -200,14 +215,17 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from nasflow.enhance import plan_jobs, run_jobs
-    from nasflow.inference import load_model
+    from nasflow.enhance import bound_backend_caches, check_output_folder, plan_jobs, run_jobs
 
+    bound_backend_caches()  # before the first convolution: memory stays flat over a folder
+    from nasflow.inference import load_model
     from nasflow.models import default_model_name
 
     enhancer = load_model(args.model or default_model_name(), device=args.device, tile=args.tile)
     jobs, refused = plan_jobs(args.inputs, args.output, fmt=args.format, recursive=args.recursive,
                               overwrite=args.overwrite)
+    if jobs:
+        check_output_folder(args.output)  # read-only, full or forbidden: one error before any work
     for path, reason in refused:
         print(f"nasflow: skipped {path}: {reason}", file=sys.stderr)
     quiet = args.quiet or not sys.stderr.isatty()
@@ -218,6 +236,9 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         print(f"nasflow: note: {path}: {note}", file=sys.stderr)
     for path, reason in report.failed:
         print(f"nasflow: failed {path}: {_one_line(reason)}", file=sys.stderr)
+    if report.stopped is not None:  # the output location failed: say so once, with what was done
+        raise OutputError(f"{report.stopped}; stopped after writing {len(report.written)} of {len(jobs)} images "
+                          f"into {args.output} (each written file is complete)")
     failed = len(report.failed) + len(refused)
     total = len(jobs) + len(refused)
     rate = len(report.written) / report.seconds if report.seconds > 0 else 0.0
@@ -395,19 +416,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("nasflow: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = _one_line(str(exc)) if str(exc) else ""
+        print(f"nasflow: interrupted{': ' + detail if detail else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TrainingDiverged as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"nasflow: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_DIVERGED
     except (NasflowError, *USER_PATH_ERRORS) as exc:
         if debug:
             traceback.print_exc()
         print(f"nasflow: error: {_one_line(_user_error(exc))}", file=sys.stderr)
         return EXIT_USER
-    except Exception as exc:  # noqa: BLE001 - the last line of defence; --debug shows everything
-        message = _one_line(f"{type(exc).__name__}: {exc}")
+    except OSError as exc:  # a full or read-only disk is the user's to fix, not a bug
+        if exc.errno not in USER_ERRNOS:
+            return _internal_error(exc, debug)
         if debug:
             traceback.print_exc()
-            print(f"nasflow: internal error: {message}", file=sys.stderr)
-        else:
-            print(f"nasflow: internal error: {message} (run with --debug for the traceback)", file=sys.stderr)
-        return EXIT_INTERNAL
+        print(f"nasflow: error: {_one_line(_user_error(exc))}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as exc:  # noqa: BLE001 - the last line of defence; --debug shows everything
+        return _internal_error(exc, debug)
+
+
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    """Anything unexpected is a bug: one line (the traceback with --debug), exit code 1."""
+    message = _one_line(f"{type(exc).__name__}: {exc}")
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        print(f"nasflow: internal error: {message}", file=sys.stderr)
+    else:
+        print(f"nasflow: internal error: {message} (run with --debug for the traceback)", file=sys.stderr)
+    return EXIT_INTERNAL

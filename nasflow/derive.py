@@ -103,7 +103,7 @@ def derive(arch: "ArchAlphas", rule: str | None = None, meta: dict | None = None
     if len(spaces) > 1:
         raise GenotypeError(f"one genotype covers one space; labels use {sorted(spaces)}")
     space_name = spaces.pop()
-    rule_name = rule or SPACES.get(space_name).default_rule
+    rule_name = rule or arch.default_rule(space_name) or SPACES.get(space_name).default_rule
     rule_fn = DERIVE_RULES.get(rule_name)()
     cells = {label: rule_fn(arch.graph(label), arch[label]) for label in arch.labels}
     return Genotype.from_cells(space_name, cells, {"rule": rule_name, **(meta or {})})

@@ -5,10 +5,17 @@ network runs and a writer thread encodes the previous result, each with a bounde
 folder runs at the pace of its slowest stage and memory does not grow with the folder.
 Nothing is ever written over an input; existing outputs only with ``overwrite``; every file
 is written under a temporary name and renamed (see :func:`nasflow.imageio.write_image`).
+
+A bad input file is reported and skipped; an output location that cannot take files (read-only,
+full, no permission) stops the run at once (:attr:`EnhanceReport.stopped`), since every further
+file would fail the same way; the files already written are complete.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import secrets
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,7 +25,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from nasflow.errors import ConfigError, NasflowError
+from nasflow.errors import ConfigError, NasflowError, OutputError
 
 OUTPUT_FORMATS = ("png", "jpg", "tif", "webp", "bmp", "same")
 _SUFFIX = {"png": ".png", "jpg": ".jpg", "tif": ".tif", "webp": ".webp", "bmp": ".bmp"}
@@ -40,6 +47,7 @@ class EnhanceReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     notes: list[tuple[Path, str]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str | None = None  # why the output location stopped the run (disk full, read-only, ...)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +92,54 @@ def plan_jobs(inputs: Sequence[str], out_dir: str | Path, *, fmt: str = "png", r
     return jobs, refused
 
 
+BACKEND_CACHE_LIMITS = {"LRU_CACHE_CAPACITY": "64", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"}
+"""Entries kept by PyTorch's oneDNN (mkldnn) convolution caches during ``nasflow enhance``.
+
+Both caches key on the input shape and default to 1024 entries, each holding JIT code and, for
+large inputs, buffers: over a folder of photos of many sizes the process grows by hundreds of
+MiB before they fill (about 65 MiB over 1,000 small images, 320 MiB for one 1500x1300 photo).
+64 entries keep every repeated shape (the tiles of a large image) cached, so speed is the same,
+and memory stays flat. A value already in the environment wins.
+"""
+
+
+def bound_backend_caches() -> None:
+    """Apply :data:`BACKEND_CACHE_LIMITS` (read by the backend at its first convolution)."""
+    for name, value in BACKEND_CACHE_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
+FATAL_WRITE_ERRNOS = frozenset(
+    code for code in (getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO"))
+    if code is not None
+)
+"""Write failures that concern the output location, not one file: they stop a folder run."""
+
+
+def check_output_folder(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and prove a file can be created in it; else one OutputError."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".nasflow-probe.{secrets.token_hex(4)}.tmp"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write into the output folder {out_dir} "
+                          f"({exc.strerror or type(exc).__name__})") from None
+    return out_dir
+
+
+def _fatal_errno(exc: BaseException) -> int | None:
+    """The errno of a write failure that concerns the whole output location, if it is one."""
+    for candidate in (exc, getattr(exc, "__cause__", None)):
+        code = getattr(candidate, "errno", None)
+        if isinstance(code, int) and code in FATAL_WRITE_ERRNOS:
+            return code
+    return None
+
+
 def _output_bit_depth(bit_depth: int, target: Path) -> int:
     return 16 if bit_depth == 16 and target.suffix.lower() in (".png", ".tif", ".tiff") else 8
 
@@ -110,25 +166,33 @@ def run_jobs(enhance_rgb: Callable[[np.ndarray], np.ndarray], jobs: Iterable[Job
         reads: deque[Future] = deque(reader.submit(read, job) for job in jobs[:prefetch])
         writes: deque[tuple[Job, Future]] = deque()
         iterator = progress(jobs) if progress is not None else jobs
-        for i, job in enumerate(iterator):
-            future = reads.popleft()
-            if i + prefetch < len(jobs):
-                reads.append(reader.submit(read, jobs[i + prefetch]))
-            try:
-                loaded = future.result()
-                report.notes.extend((job.source, note) for note in loaded.notes)
-                rgb = enhance_rgb(loaded.rgb)
-            except NasflowError as exc:
-                report.failed.append((job.source, _reason(exc)))
-                continue
-            except (OSError, ValueError, MemoryError) as exc:
-                report.failed.append((job.source, f"{type(exc).__name__}: {exc}"))
-                continue
-            writes.append((job, writer.submit(write, job, rgb, loaded)))
-            while len(writes) > prefetch:
+        try:
+            for i, job in enumerate(iterator):
+                if report.stopped is not None:
+                    break
+                future = reads.popleft()
+                if i + prefetch < len(jobs):
+                    reads.append(reader.submit(read, jobs[i + prefetch]))
+                try:
+                    loaded = future.result()
+                    report.notes.extend((job.source, note) for note in loaded.notes)
+                    rgb = enhance_rgb(loaded.rgb)
+                except NasflowError as exc:
+                    report.failed.append((job.source, _reason(exc)))
+                    continue
+                except (OSError, ValueError, MemoryError) as exc:
+                    report.failed.append((job.source, f"{type(exc).__name__}: {exc}"))
+                    continue
+                del future
+                writes.append((job, writer.submit(write, job, rgb, loaded)))
+                del rgb, loaded  # the writer holds them until it is done: memory stays flat
+                while len(writes) > prefetch:
+                    _collect(writes.popleft(), report)
+            while writes:
                 _collect(writes.popleft(), report)
-        while writes:
-            _collect(writes.popleft(), report)
+        finally:
+            for pending in reads:
+                pending.cancel()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -138,6 +202,11 @@ def _collect(item: tuple[Job, Future], report: EnhanceReport) -> None:
     try:
         report.written.append(future.result())
     except (NasflowError, OSError, ValueError) as exc:
+        code = _fatal_errno(exc)
+        if code is not None:
+            if report.stopped is None:
+                report.stopped = f"cannot write {job.target}: {os.strerror(code)}"
+            return
         report.failed.append((job.source, _reason(exc)))
 
 

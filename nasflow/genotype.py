@@ -6,19 +6,23 @@ JSON on disk looks like::
      "cells": {"iem": [{"op": "skip_connect", "src": "x", "dst": "d1"}, ...]},
      "meta": {"rule": "argmax_per_edge"}}
 
-Files are parsed with ``json``/``yaml.safe_load`` only: never ``eval``, never pickle.
+Files are parsed with ``json``/``yaml.safe_load`` only: never ``eval``, never pickle. A genotype is
+data and can never name code: an op or space name shaped like ``package.module:attr`` (which a
+registry would import) is refused when a genotype is read, unless the caller passes it in
+``allowed_paths`` because the user's own config names it (e.g. a candidate op given as an import
+path). Genotype files are written atomically (temp file, then rename).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
-import yaml
-
-from nasflow.errors import GenotypeError, yaml_problem
+from nasflow.errors import GenotypeError
 
 SCHEMA_VERSION = 1
 
@@ -70,19 +74,27 @@ class Genotype:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Genotype":
-        """Validate the shape of plain data; every error names the offending field."""
+    def from_dict(cls, data: Any, *, allowed_paths: Collection[str] = ()) -> "Genotype":
+        """Validate the shape of plain data; every error names the offending field.
+
+        Op and space names must not be ``module:attr`` import paths, except those in
+        ``allowed_paths`` (names the user's config itself gives as import paths).
+        """
+        from nasflow.config import check_plain_data
+
         if not isinstance(data, Mapping):
             raise GenotypeError(f"genotype must be a mapping, got {type(data).__name__}")
+        check_plain_data(data, "genotype", GenotypeError)
         unknown = set(data) - {"schema", "space", "cells", "meta"}
         if unknown:
             raise GenotypeError(f"unknown genotype field(s): {', '.join(sorted(map(str, unknown)))}")
         schema = data.get("schema")
         if type(schema) is not int or schema != SCHEMA_VERSION:  # bool/float compare equal to 1
-            raise GenotypeError(f"field 'schema': expected version {SCHEMA_VERSION}, got {schema!r}")
+            raise GenotypeError(f"field 'schema': expected version {SCHEMA_VERSION}, got {_short(schema)}")
         space = data.get("space")
         if not isinstance(space, str) or not space:
-            raise GenotypeError(f"field 'space': expected a non-empty string, got {space!r}")
+            raise GenotypeError(f"field 'space': expected a non-empty string, got {_short(space)}")
+        _refuse_import_path(space, "space", allowed_paths)
         cells = data.get("cells")
         if not isinstance(cells, Mapping) or not cells:
             raise GenotypeError("field 'cells': expected a non-empty mapping of label -> list of edges")
@@ -93,42 +105,54 @@ class Genotype:
         for label, edges in cells.items():
             where = f"cells.{label}"
             if not isinstance(label, str) or not label:
-                raise GenotypeError(f"field 'cells': labels must be non-empty strings, got {label!r}")
+                raise GenotypeError(f"field 'cells': labels must be non-empty strings, got {_short(label)}")
             if not isinstance(edges, list):
                 raise GenotypeError(f"field '{where}': expected a list of edges")
-            parsed[label] = [_parse_edge(edge, f"{where}[{i}]") for i, edge in enumerate(edges)]
+            parsed[label] = [_parse_edge(edge, f"{where}[{i}]", allowed_paths) for i, edge in enumerate(edges)]
         return cls.from_cells(space, parsed, meta)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "Genotype":
+    def from_json(cls, text: str, *, allowed_paths: Collection[str] = ()) -> "Genotype":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise GenotypeError(f"not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        except RecursionError:
+            raise GenotypeError("not valid JSON: nested too deeply; refused") from None
+        except ValueError as exc:  # an integer of more than 4300 digits
+            from nasflow.config import too_long_number
+
+            raise GenotypeError(f"not valid JSON: {too_long_number(exc)}; refused") from None
+        return cls.from_dict(data, allowed_paths=allowed_paths)
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "Genotype":
+    def from_yaml(cls, text: str, *, allowed_paths: Collection[str] = ()) -> "Genotype":
+        from nasflow.config import safe_load_yaml
+
         try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise GenotypeError(f"not valid YAML{yaml_problem(exc)}") from None
-        return cls.from_dict(data)
+            data = safe_load_yaml(text, "genotype", GenotypeError)
+        except GenotypeError as exc:
+            message = str(exc).replace("genotype: YAML syntax error", "not valid YAML", 1)
+            raise GenotypeError(message.removeprefix("genotype: ")) from None
+        return cls.from_dict(data, allowed_paths=allowed_paths)
 
     def save(self, path: str | Path) -> Path:
+        """Write JSON (or YAML for .yaml/.yml) under a temporary name, then rename it over ``path``."""
         path = Path(path)
         text = self.to_yaml() if path.suffix in {".yaml", ".yml"} else self.to_json()
-        path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        _write_text_atomic(path, text if text.endswith("\n") else text + "\n")
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Genotype":
+    def load(cls, path: str | Path, *, allowed_paths: Collection[str] = ()) -> "Genotype":
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -138,13 +162,41 @@ class Genotype:
             raise GenotypeError(f"cannot read genotype file {path}: {exc}") from None
         try:
             if path.suffix in {".yaml", ".yml"}:
-                return cls.from_yaml(text)
-            return cls.from_json(text)
+                return cls.from_yaml(text, allowed_paths=allowed_paths)
+            return cls.from_json(text, allowed_paths=allowed_paths)
         except GenotypeError as exc:
             raise GenotypeError(f"{path}: {exc}") from None
 
 
-def _parse_edge(edge: Any, where: str) -> GenoEdge:
+def _short(value: Any) -> str:
+    from nasflow.config import short_repr
+
+    return short_repr(value)
+
+
+def _refuse_import_path(name: str, where: str, allowed_paths: Collection[str]) -> None:
+    from nasflow.config import import_paths_in
+
+    if name not in allowed_paths and import_paths_in(name):
+        raise GenotypeError(f"field '{where}': {_short(name)} is an import path; a genotype may only name "
+                            "registered ops and spaces (plugins are named in configs, never in genotype files)")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, fsync, rename: a kill leaves old or new, never half."""
+    temp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _parse_edge(edge: Any, where: str, allowed_paths: Collection[str] = ()) -> GenoEdge:
     if not isinstance(edge, Mapping):
         raise GenotypeError(f"field '{where}': expected a mapping with op, src, dst")
     missing = [k for k in ("op", "src", "dst") if k not in edge]
@@ -155,5 +207,6 @@ def _parse_edge(edge: Any, where: str) -> GenoEdge:
         raise GenotypeError(f"field '{where}': unknown key(s) {', '.join(sorted(map(str, extra)))}")
     for key in ("op", "src", "dst"):
         if not isinstance(edge[key], str) or not edge[key]:
-            raise GenotypeError(f"field '{where}.{key}': expected a non-empty string, got {edge[key]!r}")
+            raise GenotypeError(f"field '{where}.{key}': expected a non-empty string, got {_short(edge[key])}")
+    _refuse_import_path(edge["op"], f"{where}.op", allowed_paths)
     return GenoEdge(edge["op"], edge["src"], edge["dst"])

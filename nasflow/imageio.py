@@ -653,7 +653,10 @@ def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     the temporary file is removed. The temp file is created with mode 0o666 so that the
     umask applies as for any new file (``mkstemp`` would make results private, 0o600).
     """
-    temp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    prefix = path.name[:100]
+    while len(os.fsencode(prefix)) > 100:  # a long non-ASCII name: keep the temp name within NAME_MAX
+        prefix = prefix[:-1]
+    temp = path.with_name(f".{prefix}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -72,7 +72,7 @@ class CellSpace(ABC):
     ) -> SuperCell:
         """A searchable cell whose alpha is shared with every other cell of ``label``."""
         graph = self.graph(**cell_options)
-        arch.ensure(label, graph, self.name, generator=generator)
+        arch.ensure(label, graph, self.name, generator=generator, default_rule=self.default_rule)
         edges = {e.name: MixedOp(self.op_specs, channels, e.stride, self.affine) for e in graph.edges}
         io = self.io_modules(channels, **cell_options)
         return SuperCell(graph, edges, arch, label, io.pre, io.post, io.activation, relaxation)

@@ -277,3 +277,20 @@ def test_derive_does_not_touch_the_alphas() -> None:
     derive(arch)
     assert torch.equal(arch["cell"].detach(), before)
     assert arch["cell"].grad is None
+
+
+def test_derive_works_for_a_space_named_only_by_import_path() -> None:
+    """A space used by its ``module:attr`` path is not in the registry under its own name; derive
+    must still find its default rule (it is recorded when the space builds its alphas)."""
+    from nasflow.registries import SPACES
+    from nasflow.spaces.distill_cell import DistillCellSpace
+
+    class UnregisteredSpace(DistillCellSpace):
+        name = "unregistered_test_space"
+        default_rule = "topk_per_node"
+
+    assert "unregistered_test_space" not in SPACES
+    arch = ArchAlphas()
+    UnregisteredSpace().supercell(arch, "x", 3)
+    genotype = derive(arch)
+    assert genotype.space == "unregistered_test_space" and genotype.meta["rule"] == "topk_per_node"
