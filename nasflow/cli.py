@@ -1,5 +1,5 @@
 """The ``nasflow`` command line: ``run``, ``search``, ``train``, ``eval``, ``viz``, ``list``, ``enhance``,
-and the commands plugins register under the ``nasflow.commands`` entry-point group.
+``export``, and the commands plugins register under the ``nasflow.commands`` entry-point group.
 
 Error policy, so that scripts and people can tell "you gave me something wrong" from "nasflow
 is broken": a :class:`~nasflow.errors.NasflowError` or an unreadable user path is ONE line
@@ -52,6 +52,7 @@ examples:
   nasflow viz runs/planted-X/genotype.json            draw a genotype (.dot, .svg, .png)
   nasflow list ops                                    which candidate ops exist
   nasflow enhance photos/ -o out/                     enhance photos with a shipped model
+  nasflow export ruas-lol -o ruas-lol.ts              a model as one TorchScript (or ONNX) file
   nasflow COMMAND --help                              more about one command
 
 User mistakes print one line and exit with code 2; --debug shows the traceback."""
@@ -111,6 +112,19 @@ examples:
   nasflow list models                                   the shipped models
 
 Unreadable files are reported and skipped; the exit code is 1 when any file failed."""
+
+EXPORT_FORMAT_CHOICES = ("torchscript", "onnx")
+
+_EXPORT_EPILOG = """\
+The exported function maps an NCHW float batch in [0, 1] to the clamped enhanced image (what
+'nasflow enhance' computes on a whole image); batch, height and width are dynamic. The written
+file is loaded back and compared with the model on an image of another size; if it differs by
+more than 1e-5 it is deleted and the command fails.
+
+examples:
+  nasflow export ruas-lol -o ruas-lol.ts                     TorchScript: torch.jit.load("ruas-lol.ts")
+  nasflow export runs/ruas-X -o ruas-x.onnx --format onnx    ONNX (needs: pip install onnx onnxruntime)
+  nasflow export model.pt -o model.ts --overwrite            replace an existing file"""
 
 
 def _positive_int(value: str) -> int:
@@ -247,6 +261,14 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     return EXIT_INTERNAL if failed else EXIT_OK
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nasflow.export import export_model
+
+    result = export_model(args.model, args.output, fmt=args.format, overwrite=args.overwrite)
+    print(result.summary())
+    return EXIT_OK
+
+
 def _cmd_plugin(args: argparse.Namespace) -> int:
     return int(args.plugin_command.run(args))
 
@@ -376,6 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "bombs); 0 disables the check (default: 100000000)")
     enh.add_argument("--quiet", action="store_true", help="no progress bar")
     enh.set_defaults(handler=_cmd_enhance)
+
+    exp = sub.add_parser(
+        "export", parents=[common], formatter_class=fmt, epilog=_EXPORT_EPILOG,
+        help="export a trained model as a TorchScript or ONNX file",
+        description="Write a trained image-to-image model (shipped, a model file or a run folder) as one "
+                    "self-contained TorchScript or ONNX file, then load it back and check it against the model.",
+    )
+    exp.add_argument("model", metavar="MODEL",
+                     help="a shipped model (nasflow list models), a model file or a run folder")
+    exp.add_argument("-o", "--output", metavar="OUT", required=True, help="the file to write")
+    exp.add_argument("--format", choices=EXPORT_FORMAT_CHOICES, default="torchscript",
+                     help="torchscript or onnx (onnx needs the optional onnx package; default: torchscript)")
+    exp.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    exp.set_defaults(handler=_cmd_export)
 
     from nasflow.registries import COMMANDS
 
