@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from nasflow.atomic import write_text_atomic  # noqa: F401  (re-exported: callers import it from here)
 from nasflow.errors import CheckpointError, RunLockedError
 
 LAST, PREV = "last.ckpt", "prev.ckpt"
@@ -52,22 +53,6 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write a text file under a temporary name beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
         raise
     return path
 

@@ -16,12 +16,11 @@ path). Genotype files are written atomically (temp file, then rename).
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping
 
+from nasflow.atomic import write_text_atomic
 from nasflow.errors import GenotypeError
 
 SCHEMA_VERSION = 1
@@ -148,7 +147,7 @@ class Genotype:
         """Write JSON (or YAML for .yaml/.yml) under a temporary name, then rename it over ``path``."""
         path = Path(path)
         text = self.to_yaml() if path.suffix in {".yaml", ".yml"} else self.to_json()
-        _write_text_atomic(path, text if text.endswith("\n") else text + "\n")
+        write_text_atomic(path, text if text.endswith("\n") else text + "\n")
         return path
 
     @classmethod
@@ -180,20 +179,6 @@ def _refuse_import_path(name: str, where: str, allowed_paths: Collection[str]) -
     if name not in allowed_paths and import_paths_in(name):
         raise GenotypeError(f"field '{where}': {_short(name)} is an import path; a genotype may only name "
                             "registered ops and spaces (plugins are named in configs, never in genotype files)")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, rename: a kill leaves old or new, never half."""
-    temp = path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def _parse_edge(edge: Any, where: str, allowed_paths: Collection[str] = ()) -> GenoEdge:

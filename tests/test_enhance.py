@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_files import ruas_model_file
 from PIL import Image
 
 from nasflow.checkpoint import save_atomic
@@ -15,17 +16,10 @@ from nasflow.cli import main
 from nasflow.enhance import plan_jobs
 from nasflow.imageio import read_image, write_image
 from nasflow.inference import load_model
-from nasflow.tasks.ruas.official import run_config, target_network
-from nasflow.tasks.ruas.model import paper_genotype
 
 
 def _model_file(path: Path, use_nrm: bool = True, seed: int = 0) -> Path:
-    """A RUAS model file with torch's default initialisation (realistic magnitudes)."""
-    torch.manual_seed(seed)
-    network = target_network(use_nrm)
-    save_atomic({"state_dict": network.state_dict(), "genotype": paper_genotype(use_nrm).to_dict(),
-                 "config": run_config(use_nrm), "meta": {"name": "test-model"}}, path)
-    return path
+    return ruas_model_file(path, use_nrm, seed)
 
 
 @pytest.fixture(scope="module")

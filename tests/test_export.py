@@ -6,24 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_files import ruas_model_file
 
-from nasflow.checkpoint import save_atomic
 from nasflow.cli import main
 from nasflow.errors import ConfigError
 from nasflow.export import TRACE_SIZE, ExportCheckFailed, export_model, predict_module
-from nasflow.tasks.ruas.model import paper_genotype
-from nasflow.tasks.ruas.official import run_config, target_network
 
 SIZES = ((1, 3, 67, 91), (2, 3, 40, 23))  # both differ from the tracing example
 
 
 def _model_file(path: Path, use_nrm: bool = True, seed: int = 0) -> Path:
-    """A RUAS model file with torch's default initialisation (as in test_enhance.py)."""
-    torch.manual_seed(seed)
-    network = target_network(use_nrm)
-    save_atomic({"state_dict": network.state_dict(), "genotype": paper_genotype(use_nrm).to_dict(),
-                 "config": run_config(use_nrm), "meta": {"name": "test-model"}}, path)
-    return path
+    return ruas_model_file(path, use_nrm, seed)
 
 
 @pytest.fixture(scope="module")

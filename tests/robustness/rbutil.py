@@ -53,16 +53,10 @@ def assert_one_line_error(err: str, *fragments: str) -> str:
 
 
 def model_file(path: Path, use_nrm: bool = True, seed: int = 0) -> Path:
-    """A RUAS model file as ``tests/test_enhance.py`` makes it (torch's default initialisation)."""
-    from nasflow.checkpoint import save_atomic
-    from nasflow.tasks.ruas.model import paper_genotype
-    from nasflow.tasks.ruas.official import run_config, target_network
+    """A RUAS model file as the engine tests make it (``tests/model_files.py``)."""
+    from model_files import ruas_model_file
 
-    torch.manual_seed(seed)
-    network = target_network(use_nrm)
-    save_atomic({"state_dict": network.state_dict(), "genotype": paper_genotype(use_nrm).to_dict(),
-                 "config": run_config(use_nrm), "meta": {"name": "robustness-model"}}, path)
-    return path
+    return ruas_model_file(path, use_nrm, seed, name="robustness-model")
 
 
 class Evil:
