@@ -13,7 +13,6 @@ Skips cleanly (exit 0, one line) when the data folder is absent.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path

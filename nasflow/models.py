@@ -83,12 +83,7 @@ def resolve_model(spec: str | Path) -> Path:
         if not shipped.path().is_file():
             raise ConfigError(f"model '{name}' is registered but its weights file {shipped.path()} is missing")
         return shipped.path()
-    known = ", ".join(MODELS.names()) or "(none)"
-    import difflib
-
-    close = difflib.get_close_matches(name, MODELS.names(), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"model '{name}' is neither a file, a run folder nor a shipped model{hint} Shipped: {known}")
+    raise ConfigError(f"model '{name}' is neither a file nor a run folder, and {MODELS.unknown_message(name)}")
 
 
 def read_model_file(path: str | Path) -> dict[str, Any]:

@@ -111,7 +111,7 @@ class Registry(Generic[T]):
         if entry is None:
             if ":" in name:
                 return import_path(name)  # type: ignore[return-value]
-            raise RegistryError(self._unknown_message(name))
+            raise RegistryError(self.unknown_message(name))
         if entry.target is None:
             assert entry.path is not None
             target = import_path(entry.path)
@@ -120,7 +120,9 @@ class Registry(Generic[T]):
             self._entries[name] = entry
         return entry.target  # type: ignore[return-value]
 
-    def _unknown_message(self, name: str) -> str:
+    def unknown_message(self, name: str) -> str:
+        """'unknown <kind> NAME; did you mean ...? Known: ...' (for callers with their own lookups)."""
+        self._ensure_loaded()
         known = sorted(self._entries)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""

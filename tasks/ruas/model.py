@@ -101,6 +101,17 @@ class RUASNet(Supernet):
             )
             self.nrm_out = tag(nn.Conv2d(nrm_channels, 3, 3, padding=1, bias=True), "nrm")
 
+    def halo(self) -> int:
+        """How far an output pixel sees (for exact tiling, :func:`nasflow.tiling.receptive_halo`):
+        the cells' longest conv paths plus one pixel per IEM stage for the 2x2 max filter."""
+        from nasflow.tiling import receptive_halo
+
+        iem = sum(receptive_halo(cell) + 1 for cell in self.iem_cells)
+        if not self.use_nrm:
+            return iem
+        nrm = receptive_halo(self.nrm_stem) + sum(receptive_halo(c) for c in self.nrm_cells)
+        return iem + nrm + receptive_halo(self.nrm_out)
+
     def illumination(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The IEM: ``(u_K, [t_1, ..., t_K])``."""
         ts: list[torch.Tensor] = []

@@ -241,22 +241,10 @@ class RUASTask(Task):
 
         return fast_ruas(model)
 
-    def halo(self, model: nn.Module) -> int:
-        """Convolutions (cells: longest path) plus one pixel per IEM stage for the 2x2 max filter."""
-        from nasflow.tiling import receptive_halo
-
-        if callable(getattr(model, "halo", None)):
-            return int(model.halo())
-        iem = sum(receptive_halo(cell) + 1 for cell in model.iem_cells)  # type: ignore[union-attr]
-        if not getattr(model, "use_nrm", False):
-            return iem
-        nrm = receptive_halo(model.nrm_stem) + sum(receptive_halo(c) for c in model.nrm_cells)  # type: ignore[union-attr]
-        return iem + nrm + receptive_halo(model.nrm_out)  # type: ignore[arg-type]
-
     @torch.no_grad()
     def enhance(self, model: nn.Module, low: torch.Tensor) -> torch.Tensor:
         model.eval()
-        return model(low.unsqueeze(0).to(self.device)).out.clamp(0, 1)[0].cpu()
+        return self.predict(model, low.unsqueeze(0).to(self.device))[0].cpu()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:
