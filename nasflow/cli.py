@@ -109,6 +109,8 @@ examples:
   nasflow enhance photos/ -o out/ --model ruas-lol      a folder; very dark, noisy scenes
   nasflow enhance 'shots/**/*.png' -o out/ --recursive  a glob pattern, sub-folders kept
   nasflow enhance photos/ -o out/ --model runs/ruas-X   a model you trained (run folder or model.pt)
+  nasflow enhance video_frames/ -o out/ --device cuda --precision fp16
+                                                        a GPU in half precision (CUDA graphs on)
   nasflow list models                                   the shipped models
 
 Unreadable files are reported and skipped; the exit code is 1 when any file failed."""
@@ -235,7 +237,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from nasflow.inference import load_model
     from nasflow.models import default_model_name
 
-    enhancer = load_model(args.model or default_model_name(), device=args.device, tile=args.tile)
+    enhancer = load_model(args.model or default_model_name(), device=args.device, tile=args.tile,
+                          precision=args.precision, cuda_graphs=args.cuda_graphs)
     jobs, refused = plan_jobs(args.inputs, args.output, fmt=args.format, recursive=args.recursive,
                               overwrite=args.overwrite)
     if jobs:
@@ -390,8 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "in png/tif)")
     enh.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     enh.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    enh.add_argument("--tile", type=_positive_int, default=512, metavar="PIXELS",
-                     help="tile size for large images; the output does not depend on it (default: 512)")
+    enh.add_argument("--tile", type=_positive_int, default=None, metavar="PIXELS",
+                     help="tile size for large images; the output does not depend on it (default: 512 on a CPU, "
+                          "2048 on a GPU)")
+    enh.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                     help="arithmetic on the GPU: fp32 (exact), or fp16/bf16 (faster on large frames; outputs differ "
+                          "by about one 8-bit level); CPUs run fp32 (default: fp32)")
+    enh.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                     help="replay the network from CUDA graphs, one per image size (default: on with a GPU)")
     enh.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
     enh.add_argument("--max-pixels", type=_non_negative_int, default=100_000_000, metavar="N",
                      help="refuse images declaring more pixels than this before decoding them (decompression "

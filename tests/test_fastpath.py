@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -295,8 +297,22 @@ def test_policy_threads_outputs_and_options() -> None:
 
 
 def test_the_engine_names_no_task() -> None:
-    source = Path(fastpath.__file__).read_text().lower()
-    assert not re.search("ruas|iem|nrm", source)
+    files = sorted(Path(fastpath.__file__).parent.glob("*.py"))
+    assert len(files) > 1  # the package, not one module
+    for path in files:
+        assert not re.search("ruas|iem|nrm", path.read_text().lower()), path.name
+
+
+def test_the_public_names_all_import() -> None:
+    # in a fresh interpreter: the package imports without a cycle, and every name is there
+    names = [*fastpath.__all__, "CL", "LANES", "Unsupported", "pack_choices", "to_channels_last", "to_contiguous"]
+    code = (
+        "import nasflow.fastpath as f\n"
+        "from nasflow.fastpath import *\n"
+        f"missing = [n for n in {names!r} if getattr(f, n, None) is None]\n"
+        "assert not missing, missing\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # -- width packing, the cost model, plain convs --------------------------------------------------------------

@@ -92,9 +92,9 @@ class FastRUAS(nn.Module):
             raise NotTileable("a cell of this network has an op of unknown extent")
         return self.radius
 
-    def band_count(self, height: int) -> int:
-        """How many row bands an image of ``height`` rows is cut into (1: one piece)."""
-        if self.radius is None or self.options.compile:
+    def band_count(self, height: int, device: torch.device | str = "cpu") -> int:
+        """How many row bands an image of ``height`` rows is cut into (1: one piece; always on a GPU)."""
+        if self.radius is None or self.options.compile or torch.device(device).type != "cpu":
             return 1
         n = torch.get_num_threads() if self.bands is None else self.bands
         return n if n > 1 and height >= 4 * n * max(self.radius, 1) else 1
@@ -134,7 +134,7 @@ class FastRUAS(nn.Module):
         with inference_policy(self.options):
             if self.options.channels_last and y.dim() == 4:
                 y = y.contiguous(memory_format=CL)
-            n = self.band_count(y.shape[-2])
+            n = self.band_count(y.shape[-2], y.device)
             if n > 1:
                 if n not in self._pools:
                     self._pools[n] = ThreadPoolExecutor(n, thread_name_prefix="ruas-band")
