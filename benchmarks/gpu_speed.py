@@ -10,10 +10,11 @@ JSON)::
 Rows (each built from the same model file; ``plain`` = the compiled module, ``fast`` = the task's
 inference network, :func:`nasflow.tasks.ruas.fast.fast_ruas`):
 
-* ``plain|fast fp32|fp16|bf16 [graph] [nchw]``: the network alone on a frame already on the GPU,
-  timed with CUDA events: median over ``--repeats`` frames after warm-up. ``graph``: replayed from
-  a CUDA graph (:class:`nasflow.cudagraph.GraphedCall`); ``nchw``: the fast path without its
-  channels-last conversion.
+* ``plain|fast fp32|fp16|bf16 [graph] [channels-last]``: the network alone on a frame already on
+  the GPU, timed with CUDA events: median over ``--repeats`` frames after warm-up. ``graph``:
+  replayed from a CUDA graph (:class:`nasflow.cudagraph.GraphedCall`); ``channels-last``: the fast
+  path with the channels-last layout it uses on CPUs. fp32 is float32 (TF32 off, as
+  ``load_model`` runs it); ``plain tf32`` lets cuDNN use TF32, its default on this GPU.
 * ``compile ...`` (``--compile``): ``torch.compile`` of that network (default mode); its first call
   (the compile) is reported separately.
 * ``enhance fp32|fp16|bf16``: what users call, ``load_model(name, device=..., precision=...)
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.size.lower().split("x"))
     device = torch.device(args.device)
     timed = timer(device)
+    torch.backends.cudnn.allow_tf32 = False  # fp32 rows are float32, as nasflow.load_model runs them
     loaded = load_network(args.model, device=device)
     task, plain = loaded.task, loaded.network.eval()
     frame = synthetic_frame(width, height)
@@ -141,17 +143,24 @@ def main(argv: list[str] | None = None) -> int:
                     out = gfn()
                     record(f"{kind} {prec} graph", timed(gfn, args.warmup, args.repeats), out,
                            graph_disabled=graphed.disabled)
-    if device.type == "cuda":  # the fast path without channels-last, for the record
+    if device.type == "cuda":  # TF32 convolutions (cuDNN's default), for the record
+        torch.backends.cudnn.allow_tf32 = True
+        net = copy.deepcopy(plain)
+        with torch.inference_mode():
+            out = task.predict(net, x32)
+            record("plain tf32", timed(lambda: task.predict(net, x32), args.warmup, args.repeats), out)
+        torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cuda":  # the fast path with channels-last, for the record
         for prec in ("fp32", "fp16"):
             from nasflow.tasks.ruas.fast import fast_ruas
 
             dtype = PRECISIONS[prec]
-            net = fast_ruas(plain, channels_last=False).to(device, dtype)
+            net = fast_ruas(plain, channels_last=True).to(device, dtype)
             x = x32.to(dtype)
             graphed = GraphedCall(lambda t, net=net: task.predict(net, t))
             with torch.inference_mode():
                 out = graphed(x)
-                record(f"fast {prec} graph nchw", timed(lambda: graphed(x), args.warmup, args.repeats), out)
+                record(f"fast {prec} graph channels-last", timed(lambda: graphed(x), args.warmup, args.repeats), out)
     if args.compile:
         for kind, prec in (("plain", "fp32"), ("plain", "fp16"), ("fast", "fp16")):
             dtype = PRECISIONS[prec] if device.type == "cuda" else torch.float32

@@ -46,6 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-nrm", action="store_true", help="IEM part only (one label)")
     p.add_argument("--hypergradients", default=",".join(HYPERGRADIENTS),
                    help="comma-separated subset of " + ", ".join(HYPERGRADIENTS))
+    p.add_argument("--model", choices=("ruas-like", "ruas"), default="ruas-like",
+                   help="ruas-like: the stand-in supernet below, DARTS strategy; ruas: the real RUAS task of "
+                        "tasks/ruas.yaml (cooperative strategy, both groups stepping every step)")
+    p.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+                   help="layout of the model and batches (auto: channels_last on a CPU, as nasflow run does)")
+    p.add_argument("--fuse", choices=("auto", "on", "off"), default="auto",
+                   help="run linear mixed edges as one convolution: auto (CPU only, as nasflow does), on, off")
+    p.add_argument("--compare-before", action="store_true",
+                   help="also run each hypergradient with --fuse off --memory-format contiguous (the path before "
+                        "fused edges and channels-last), side by side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per subprocess")
     p.add_argument("--json", action="store_true", help="also print the raw results as JSON")
@@ -130,19 +140,38 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         def evaluate(self, model, genotype):
             raise NotImplementedError
 
-    task = SpeedTask({}, seed=args.seed, device=device)
-    model = task.build_supernet().to(device)
-    n_weights = sum(p.numel() for p in model.weight_parameters())
-    # RUAS' search settings (ARCHITECTURE.md section 4); weight decay as in DARTS' default
-    config = SearchConfig(hypergradient=args.worker, weight_optimizer=SGDConfig(lr=0.005, momentum=0.9),
-                          arch_optimizer=AdamConfig(lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3))
+    from nasflow.layout import batch_to, model_to, resolve_memory_format
+    from nasflow.mixed import MixedOp
+
     total = args.warmup + args.steps
-    strategy = STRATEGIES.get("darts")(model, task, config, steps_per_epoch=max(1, total))
+    layout = resolve_memory_format(args.memory_format, device)
+    if args.model == "ruas":
+        from nasflow.runner import build_task, load_run_config
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        cfg = load_run_config(os.path.join(root, "tasks", "ruas.yaml"),
+                              [f"search.hypergradient={args.worker}", "task_options.nrm_every=1"])
+        task = build_task(cfg, device, trusted=True)
+        model = task.build_supernet().to(device)
+        config, strategy_name = cfg.search, cfg.search.strategy
+    else:
+        task = SpeedTask({}, seed=args.seed, device=device)
+        model = task.build_supernet().to(device)
+        # RUAS' search settings (ARCHITECTURE.md section 4); weight decay as in DARTS' default
+        config = SearchConfig(hypergradient=args.worker, weight_optimizer=SGDConfig(lr=0.005, momentum=0.9),
+                              arch_optimizer=AdamConfig(lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3))
+        strategy_name = "darts"
+    for m in model.modules():
+        if isinstance(m, MixedOp):
+            m.fuse_linear = {"auto": None, "on": True, "off": False}[args.fuse]
+    model_to(model, layout)
+    n_weights = sum(p.numel() for p in model.weight_parameters())
+    strategy = STRATEGIES.get(strategy_name)(model, task, config, steps_per_epoch=max(1, total))
 
     g = torch.Generator().manual_seed(args.seed + 1)
     shape = (args.batch, 3, args.size, args.size)
-    weight_batch = (0.3 * torch.rand(shape, generator=g)).to(device)
-    arch_batch = (0.3 * torch.rand(shape, generator=g)).to(device)
+    weight_batch = batch_to((0.3 * torch.rand(shape, generator=g)).to(device), layout)
+    arch_batch = batch_to((0.3 * torch.rand(shape, generator=g)).to(device), layout)
 
     # phase timers (wrap the module-level functions the hypergradients look up at call time)
     phases: dict[str, float] = {}
@@ -191,6 +220,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "hypergradient": args.worker,
+        "path": ("fused edges" if any(isinstance(m, MixedOp) and m.fused(weight_batch) for m in model.modules())
+                 else "separate ops") + (", channels-last" if layout == torch.channels_last
+                                                                       else ", contiguous"),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if cuda else ""),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -218,15 +250,16 @@ def run_one(hg: str, argv: list[str], timeout: float) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    ref = next((r["step_ms"] for r in results if r["hypergradient"] == "first_order"), None)
-    rows = ["| hypergradient | step ms (median) | x first order | arch ms | weight ms | virtual step ms | hvp ms "
-            "| peak step mem MiB | peak RSS MiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| hypergradient | path | step ms (median) | x first order | arch ms | weight ms | virtual step ms "
+            "| hvp ms | peak step mem MiB | peak RSS MiB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        ref = next((q["step_ms"] for q in results if q["hypergradient"] == "first_order" and q["path"] == r["path"]),
+                   None)
         ph = r["phase_ms"]
         ratio = f"{r['step_ms'] / ref:.2f}" if ref else "-"
         cell = lambda k: f"{ph[k]:.1f}" if k in ph else "-"  # noqa: E731
-        rows.append(f"| {r['hypergradient']} | {r['step_ms']:.1f} | {ratio} | {cell('arch')} | {cell('weight')} "
+        rows.append(f"| {r['hypergradient']} | {r['path']} | {r['step_ms']:.1f} | {ratio} | {cell('arch')} | {cell('weight')} "
                     f"| {cell('virtual')} | {cell('hvp')} | {r['peak_step_mib']:.1f} | {r['peak_rss_mib']:.0f} |")
     return "\n".join(rows)
 
@@ -241,14 +274,17 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [h for h in hgs if h not in HYPERGRADIENTS]
     if unknown:
         sys.exit(f"unknown hypergradient(s) {unknown}; choose from {HYPERGRADIENTS}")
-    passthrough = [a for a in argv if a != "--json"]
+    passthrough = [a for a in argv if a not in ("--json", "--compare-before")]
+    before = ["--fuse", "off", "--memory-format", "contiguous"]
     results = []
     for hg in hgs:
-        print(f"running {hg} ...", file=sys.stderr, flush=True)
-        results.append(run_one(hg, passthrough, args.timeout))
+        for extra in ([[], before] if args.compare_before else [[]]):
+            print(f"running {hg} {' '.join(extra)}...", file=sys.stderr, flush=True)
+            results.append(run_one(hg, passthrough + extra, args.timeout))
     r0 = results[0]
     part = "IEM (label iem, 3 ch)" + ("" if args.no_nrm else " + NRM (label nrm, 6 ch)")
-    print(f"RUAS-like supernet: {part}, {r0['weights']} weights; batch {args.batch}, {args.size}x{args.size}; "
+    name = "RUAS supernet of tasks/ruas.yaml (cooperative)" if args.model == "ruas" else "RUAS-like supernet"
+    print(f"{name}: {part}, {r0['weights']} weights; batch {args.batch}, {args.size}x{args.size}; "
           f"device {r0['device']}, {r0['threads']} threads, torch {r0['torch']}; "
           f"median of {args.steps} steps after {args.warmup} warmup\n")
     print(table(results))

@@ -77,6 +77,7 @@ from nasflow.errors import (
     TrainingDiverged,
 )
 from nasflow.genotype import Genotype
+from nasflow.layout import batch_to, model_to, resolve_memory_format
 from nasflow.registries import DERIVE_RULES, HYPERGRADIENTS, STRATEGIES, TASKS
 from nasflow.schema import RunConfig
 from nasflow.strategy import Strategy
@@ -312,7 +313,8 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
     strategies average gradients, so all ranks hold identical alphas and weights.
     """
     ctx = ctx or DistContext()
-    model = task.build_supernet().to(task.device)
+    layout = resolve_memory_format(cfg.memory_format, torch.device(task.device))
+    model = model_to(task.build_supernet().to(task.device), layout)
     where = str(resume.get("_path", "the checkpoint")) if resume is not None else ""
     if resume is not None:
         _load_model_state(model, resume["model"], where)
@@ -391,7 +393,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
                 wb, ab = pairs[i]
                 t = epoch * steps + i
                 strategy.before_step(t)
-                logs = strategy.step(wb, ab)
+                logs = strategy.step(batch_to(wb, layout), batch_to(ab, layout))
                 bad = _non_finite(logs)
                 if bad:
                     terms = ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if not k.startswith("lr/"))
@@ -427,6 +429,8 @@ def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> 
     """Train the compiled network, phase by phase (``Task.train_phases``), each for ``train.epochs``."""
     if cfg.train.epochs == 0:
         return model
+    layout = resolve_memory_format(cfg.memory_format, torch.device(task.device))
+    model_to(model, layout)
     for phase in task.train_phases(model):
         if not phase.parameters:
             continue
@@ -437,7 +441,7 @@ def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> 
             total, n = 0.0, 0
             for b, batch in enumerate(task.train_batches()):
                 opt.zero_grad(set_to_none=True)
-                terms = phase.loss(model, batch)
+                terms = phase.loss(model, batch_to(batch, layout))
                 loss = terms["loss"]
                 value = float(loss.detach())
                 if not math.isfinite(value):

@@ -65,6 +65,8 @@ class RunConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic algorithms (slower); same seed -> same run on one machine
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
+    # search and training tensors: auto = channels_last on a CPU (faster small convolutions), else contiguous
+    memory_format: str = field(default="auto", metadata={"choices": ("auto", "channels_last", "contiguous")})
     tensorboard: bool = True
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     task_options: dict[str, Any] = field(default_factory=dict)

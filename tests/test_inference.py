@@ -71,7 +71,7 @@ def test_cuda_fp32_with_graphs_equals_the_cpu_result_tiled_or_whole(model_path: 
     assert gpu.tile == DEFAULT_CUDA_TILE
     for tile in (10_000, 128):  # whole, then tiles of three shapes (each its own graph)
         out = gpu.enhance_tensor(x, tile=tile)
-        assert (out - cpu).abs().max() < 1e-5
+        assert (out - cpu).abs().max() < 1e-4  # float32 on both (TF32 off); other kernels, other rounding
     assert gpu._forward.disabled is None and len(gpu._forward.captured_shapes) >= 2
 
 
@@ -87,11 +87,21 @@ def test_graph_replay_equals_eager_and_outputs_survive_the_next_call(model_path:
 
 
 @cuda
-@pytest.mark.parametrize("precision,tolerance", [("fp16", 1e-2), ("bf16", 5e-2)])
-def test_half_precision_stays_close_to_float32(model_path: Path, precision: str, tolerance: float) -> None:
-    x = torch.rand(1, 3, 256, 320) * 0.3
-    exact = load_model(model_path, device="cuda").enhance_tensor(x)
-    half = load_model(model_path, device="cuda", precision=precision)
+@pytest.mark.parametrize("precision,tolerance", [("fp16", 5e-3), ("bf16", 3e-2)])
+def test_half_precision_stays_close_to_float32_on_a_shipped_model(precision: str, tolerance: float) -> None:
+    # a smooth dark frame: random weights or white noise amplify rounding far beyond real photos
+    yy, xx = torch.meshgrid(torch.linspace(0, 6, 240), torch.linspace(0, 9, 320), indexing="ij")
+    x = (0.12 + 0.08 * torch.sin(xx) * torch.cos(yy)).expand(1, 3, 240, 320).contiguous()
+    exact = load_model("ruas-lol", device="cuda").enhance_tensor(x)
+    half = load_model("ruas-lol", device="cuda", precision=precision)
     out = half.enhance_tensor(x)
     assert out.dtype == torch.float32 and half.dtype != torch.float32
     assert (out - exact).abs().max() < tolerance
+
+
+@cuda
+def test_compiled_forward_equals_eager(model_path: Path) -> None:
+    x = torch.rand(1, 3, 96, 128) * 0.3
+    eager = load_model(model_path, device="cuda", cuda_graphs=False).enhance_tensor(x)
+    compiled = load_model(model_path, device="cuda", compile=True).enhance_tensor(x)
+    assert (compiled - eager).abs().max() < 1e-4

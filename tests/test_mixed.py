@@ -185,3 +185,86 @@ def test_make_relaxation_by_name_and_instance() -> None:
     assert isinstance(make_relaxation("hard"), HardArgmax)
     with pytest.raises(RegistryError, match="did you mean 'gumbel'"):
         make_relaxation("gumble")
+
+
+# -- linear edges as one convolution ---------------------------------------------------------------
+LINEAR_SETS = [
+    RUAS_OPS,
+    ("none", "skip_connect", "conv_3x3", "resconv_3x3"),
+    ("conv_1x1", "conv_3x3", "resdilconv_3x3", "dilconv_3x3", "resconv_1x1"),
+]
+
+
+@pytest.mark.parametrize("names", LINEAR_SETS)
+@pytest.mark.parametrize("channels", [1, 3, 6])
+def test_a_linear_edge_runs_as_one_convolution_with_the_same_value_and_gradients(names, channels) -> None:
+    torch.manual_seed(channels)
+    mixed = _mixed(names, channels)
+    assert mixed.fusable and mixed.fused(_x(channels))
+    alpha = torch.randn(1, len(names), dtype=torch.double, requires_grad=True)
+    x = _x(channels, hw=11).requires_grad_()
+    probe = _x(channels, seed=9, hw=11)
+    params = [alpha, x, *mixed.parameters()]
+    results = []
+    for fuse in (True, False):
+        mixed.fuse_linear = fuse
+        out = mixed(x, SoftmaxRelaxation()(alpha).weights[0])
+        results.append((out, torch.autograd.grad((out * probe).sum(), params)))
+    (fused, g_fused), (plain, g_plain) = results
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_fused_edge_runs_one_convolution_and_no_op_module() -> None:
+    mixed = _mixed(RUAS_OPS, 3)
+    calls = _count_calls(mixed)
+    with torch.autograd.profiler.profile() as prof:
+        mixed(_x(3), torch.full((len(RUAS_OPS),), 1 / len(RUAS_OPS), dtype=torch.double))
+    assert calls == []
+    assert sum(e.name == "aten::convolution" for e in prof.function_events) == 1
+
+
+@pytest.mark.parametrize("names", [
+    DARTS_OPS,  # pooling and BatchNorm: not linear convolutions
+    ("conv_1x1", "dilconv_3x3"),  # a dense 5x5 kernel (25 taps) would cost more than 1 + 9 taps
+    ("skip_connect", "conv_3x3"),  # one convolution: nothing to merge
+])
+def test_edges_that_gain_nothing_are_left_as_a_sum(names) -> None:
+    assert not _mixed(names, 4).fusable
+
+
+def test_a_sampled_op_still_runs_alone_on_a_fusable_edge() -> None:
+    mixed = _mixed(RUAS_OPS, 3)
+    calls = _count_calls(mixed)
+    k = RUAS_OPS.index("conv_3x3")
+    weights = F.one_hot(torch.tensor(k), len(RUAS_OPS)).double()
+    out = mixed(_x(3), weights, torch.tensor(k))
+    assert calls == [k] and torch.equal(out, mixed.ops[k](_x(3)))
+
+
+def test_the_fused_plan_survives_deepcopy_and_device_moves() -> None:
+    import copy
+
+    mixed = _mixed(RUAS_OPS, 3)
+    twin = copy.deepcopy(mixed)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(1.0)  # the copy reads its own weights, not the original's
+    w = torch.full((len(RUAS_OPS),), 1 / len(RUAS_OPS), dtype=torch.double)
+    twin.fuse_linear = mixed.fuse_linear = None  # auto: fused on a CPU
+    fused_twin = twin(_x(3), w)
+    twin.fuse_linear = False
+    torch.testing.assert_close(fused_twin, twin(_x(3), w), rtol=0, atol=1e-12)
+    assert not torch.allclose(fused_twin, mixed(_x(3), w))
+
+
+def test_fusion_is_automatic_on_cpu_tensors_only_unless_forced() -> None:
+    mixed = _mixed(RUAS_OPS, 3)
+    x = _x(3)
+    meta = torch.empty(1, 3, 4, 4, device="meta")
+    assert mixed.fuse_linear is None and mixed.fused(x) and not mixed.fused(meta)
+    mixed.fuse_linear = True
+    assert mixed.fused(meta)
+    mixed.fuse_linear = False
+    assert not mixed.fused(x)

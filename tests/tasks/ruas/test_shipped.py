@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from nasflow.checkpoint import load_safe
-from nasflow.config import to_dict
+from nasflow.config import from_dict, to_dict
 from nasflow.inference import load_model
 from nasflow.registries import MODELS
 from nasflow.runner import load_run_config
+from nasflow.schema import RunConfig
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 SHIPPED = ("ruas-lol", "ruas-mit", "ruas-auto")
@@ -44,7 +45,8 @@ def test_card_names_its_command_and_config(name: str) -> None:
     match = re.search(r"nasflow train (tasks/ruas/models/[\w.-]+\.yaml) --genotype paper", card)
     assert match, f"{name}: the card does not give the nasflow command that trained it"
     assert "never" in card.lower() and "evaluation" in card.lower()  # says what it was not trained on
-    saved = load_safe(MODELS.get(name).path())["config"]
+    # the saved config read by today's schema: keys added since (with their defaults) filled in
+    saved = to_dict(from_dict(RunConfig, load_safe(MODELS.get(name).path())["config"]))
     config = to_dict(load_run_config(Path(__file__).resolve().parents[3] / match.group(1),
                                      ["task_options.root=../shared/data"]))
     assert config == saved, f"{name}: the card's config differs from the one saved with the weights"

@@ -44,6 +44,43 @@ def test_groups_are_cooperative() -> None:
     assert g_none is None
 
 
+def test_group_losses_skip_work_without_changing_their_gradients() -> None:
+    """iem_terms runs no NRM and nrm_terms records no IEM graph; values and gradients are those of
+    the full forward pass (``model(y)``) that they replace."""
+    from nasflow.supernet import weight_parameters
+    from nasflow.tasks.ruas.losses import nrm_loss
+
+    cfg = load_run_config("ruas", TINY)
+    task = build_task(cfg, torch.device("cpu"))
+    torch.manual_seed(1)
+    model = task.build_supernet()
+    y = task.search_batches()[0][0]
+    o = task.options
+    iem_params = [*weight_parameters(model, "iem"), model.arch["iem"]]
+    nrm_params = [*weight_parameters(model, "nrm"), model.arch["nrm"]]
+
+    full = model(y)
+    iem_full = task._iem(full.ts, y)["loss"]
+    nrm_full = nrm_loss(full.out, full.u.detach(), mse_weight=o.nrm_mse_weight, tv_weight=o.nrm_tv_weight)["loss"]
+    want_iem = torch.autograd.grad(iem_full, iem_params, retain_graph=True)
+    want_nrm = torch.autograd.grad(nrm_full, nrm_params)
+
+    calls = []
+    hook = model.nrm_stem.register_forward_hook(lambda *_: calls.append(1))
+    iem = task.iem_terms(model, y)["loss"]
+    assert calls == []  # the NRM did not run
+    hook.remove()
+    nrm = task.nrm_terms(model, y)["loss"]
+    assert torch.equal(iem, iem_full) and torch.equal(nrm, nrm_full)
+    for got, want in zip(torch.autograd.grad(iem, iem_params), want_iem):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    for got, want in zip(torch.autograd.grad(nrm, nrm_params, allow_unused=True), want_nrm):
+        assert got is not None and torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+    # nothing of the IEM is in the NRM terms' graph: no IEM parameter gets a gradient from them
+    assert all(g is None for g in torch.autograd.grad(task.nrm_terms(model, y)["loss"], iem_params,
+                                                      allow_unused=True))
+
+
 def test_task_state_round_trips_the_epoch_counter() -> None:
     cfg = load_run_config("ruas", TINY)
     a = build_task(cfg, torch.device("cpu"))
