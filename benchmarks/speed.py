@@ -298,6 +298,8 @@ def build_onnxruntime(compiled: nn.Module, genotype: Genotype, args: argparse.Na
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
+    # ORT's pool busy-waits after each run by default, stealing the cores from the next (interleaved) row
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(args.onnx_file, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 

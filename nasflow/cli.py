@@ -394,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     enh.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     enh.add_argument("--tile", type=_positive_int, default=None, metavar="PIXELS",
-                     help="tile size for large images; the output does not depend on it (default: 512 on a CPU, "
-                          "2048 on a GPU)")
+                     help="tile size for large images; the output does not depend on it (default: images up to "
+                          "1 megapixel whole, larger ones in 512-px tiles on a CPU, 2048-px tiles on a GPU)")
     enh.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                      help="arithmetic on the GPU: fp32 (exact), or fp16/bf16 (faster on large frames; outputs differ "
                           "by about one 8-bit level); CPUs run fp32 (default: fp32)")

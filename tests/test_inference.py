@@ -105,3 +105,24 @@ def test_compiled_forward_equals_eager(model_path: Path) -> None:
     eager = load_model(model_path, device="cuda", cuda_graphs=False).enhance_tensor(x)
     compiled = load_model(model_path, device="cuda", compile=True).enhance_tensor(x)
     assert (compiled - eager).abs().max() < 1e-4
+
+
+def test_default_tiling_runs_small_images_whole_and_large_ones_in_tiles(model_path: Path, monkeypatch) -> None:
+    import nasflow.inference as inference
+
+    calls: list[tuple[int, ...]] = []
+    enhancer = load_model(model_path, device="cpu")
+    real = enhancer._forward
+    enhancer._forward = lambda x: calls.append(tuple(x.shape[-2:])) or real(x)
+    enhancer.enhance_tensor(torch.rand(1, 3, 400, 600))
+    assert calls == [(400, 600)]  # 0.24 MP: one piece, although wider than a tile
+    monkeypatch.setattr(inference, "WHOLE_PIXELS", 100_000)
+    calls.clear()
+    enhancer.enhance_tensor(torch.rand(1, 3, 400, 600))
+    assert len(calls) == 2 and all(w <= DEFAULT_TILE + 2 * enhancer.halo for _, w in calls)
+    calls.clear()
+    explicit = load_model(model_path, device="cpu", tile=512)  # an explicit tile is always honoured
+    explicit._forward = lambda x: calls.append(tuple(x.shape[-2:])) or real(x)
+    monkeypatch.setattr(inference, "WHOLE_PIXELS", 1 << 20)
+    explicit.enhance_tensor(torch.rand(1, 3, 400, 600))
+    assert len(calls) == 2
