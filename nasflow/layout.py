@@ -8,7 +8,7 @@ the model's weights and each batch once is enough: every op downstream keeps the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -28,14 +28,19 @@ def model_to(model: nn.Module, fmt: torch.memory_format) -> nn.Module:
     return model.to(memory_format=fmt)
 
 
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``obj`` with ``fn`` applied to every tensor in it (tuples, named tuples, lists and dicts walked)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(map_tensors(x, fn) for x in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(x, fn) for x in obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return obj
+
+
 def batch_to(batch: Any, fmt: torch.memory_format) -> Any:
-    """``batch`` with every 4-d tensor in ``fmt`` (tuples, lists and dicts are walked)."""
-    if isinstance(batch, torch.Tensor):
-        return batch.contiguous(memory_format=fmt) if batch.dim() == 4 else batch
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(batch_to(x, fmt) for x in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(batch_to(x, fmt) for x in batch)
-    if isinstance(batch, dict):
-        return {k: batch_to(v, fmt) for k, v in batch.items()}
-    return batch
+    """``batch`` with every 4-d tensor in ``fmt``."""
+    return map_tensors(batch, lambda t: t.contiguous(memory_format=fmt) if t.dim() == 4 else t)

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import torch
 
 from nasflow.fastpath.options import CL, FastOptions
+from nasflow.layout import map_tensors
 
 
 _HEAP_HELD = False
@@ -62,21 +63,9 @@ def inference_policy(options: FastOptions) -> Iterator[None]:
                 torch.set_num_threads(before)
 
 
-def _map_tensors(obj: Any, fn) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_map_tensors(x, fn) for x in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(x, fn) for x in obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    return obj
-
-
 def to_channels_last(obj: Any) -> Any:
-    return _map_tensors(obj, lambda t: t.contiguous(memory_format=CL) if t.dim() == 4 else t)
+    return map_tensors(obj, lambda t: t.contiguous(memory_format=CL) if t.dim() == 4 else t)
 
 
 def to_contiguous(obj: Any) -> Any:
-    return _map_tensors(obj, lambda t: t.contiguous())
+    return map_tensors(obj, lambda t: t.contiguous())
