@@ -140,7 +140,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         def evaluate(self, model, genotype):
             raise NotImplementedError
 
-    from nasflow.layout import batch_to, model_to, resolve_memory_format
+    from nasflow.layout import batch_to, resolve_memory_format
     from nasflow.mixed import MixedOp
 
     total = args.warmup + args.steps
@@ -164,7 +164,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     for m in model.modules():
         if isinstance(m, MixedOp):
             m.fuse_linear = {"auto": None, "on": True, "off": False}[args.fuse]
-    model_to(model, layout)
+    model.to(memory_format=layout)
     n_weights = sum(p.numel() for p in model.weight_parameters())
     strategy = STRATEGIES.get(strategy_name)(model, task, config, steps_per_epoch=max(1, total))
 
@@ -221,8 +221,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "hypergradient": args.worker,
         "path": ("fused edges" if any(isinstance(m, MixedOp) and m.fused(weight_batch) for m in model.modules())
-                 else "separate ops") + (", channels-last" if layout == torch.channels_last
-                                                                       else ", contiguous"),
+                 else "separate ops") + (", channels-last" if layout == torch.channels_last else ", contiguous"),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if cuda else ""),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -3,7 +3,7 @@
 oneDNN's convolutions on a CPU run 2-5x faster forward and backward on channels-last (NHWC)
 tensors than on NCHW ones when a network has a handful of channels (measured on the RUAS
 supernet's 3- and 6-channel 5x5 convolutions, see ``benchmarks/search_speed.py``). Converting
-the model's weights and each batch once is enough: every op downstream keeps the layout.
+the model's weights (``model.to(memory_format=...)``, in place) and each batch once is enough: every op downstream keeps the layout.
 """
 
 from __future__ import annotations
@@ -11,21 +11,12 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch import nn
-
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-
 
 def resolve_memory_format(name: str, device: torch.device) -> torch.memory_format:
     """``auto``: channels-last on a CPU, contiguous (NCHW) elsewhere."""
     if name == "auto":
         return torch.channels_last if device.type == "cpu" else torch.contiguous_format
     return torch.channels_last if name == "channels_last" else torch.contiguous_format
-
-
-def model_to(model: nn.Module, fmt: torch.memory_format) -> nn.Module:
-    """Convert ``model``'s 4-d parameters and buffers in place (parameter objects are kept)."""
-    return model.to(memory_format=fmt)
 
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.ops import OpSpec, PlainConv, Residual
+from nasflow.ops import OpSpec, PlainConv, Residual, same_size_conv
 from nasflow.registries import RELAXATIONS
 
 
@@ -126,12 +126,10 @@ def _linear_form(module: nn.Module, path: tuple[str, ...] = ()) -> tuple[tuple[s
     if kind is nn.Identity:
         return None, 1.0, 1, 1
     if kind is nn.Conv2d:
-        (kh, kw), (dh, dw) = module.kernel_size, module.dilation
-        same = tuple(module.padding) == (dh * (kh - 1) // 2,) * 2 if module.padding != "same" else True
-        if (kh != kw or kh % 2 == 0 or dh != dw or module.stride != (1, 1) or module.groups != 1
-                or module.padding_mode != "zeros" or not same or module.in_channels != module.out_channels):
+        shape = same_size_conv(module)
+        if shape is None or module.in_channels != module.out_channels:
             return None
-        return path, 0.0, kh, dh if kh > 1 else 1
+        return path, 0.0, *shape
     if kind is PlainConv:
         return _linear_form(module.op, (*path, "op"))
     if kind is Residual:

@@ -141,6 +141,23 @@ class PlainConv(nn.Module):
         return self.op(x)
 
 
+def same_size_conv(conv: nn.Module) -> tuple[int, int] | None:
+    """``(kernel, dilation)`` of a plain square, odd, stride-1, ungrouped, zero-padded ``nn.Conv2d`` whose
+    output has its input's size (dilation 1 for a 1x1 kernel); None for anything else.
+
+    Such a conv is a dense kernel that other kernels can be summed into or composed with.
+    """
+    if type(conv) is not nn.Conv2d:
+        return None
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    if kh != kw or kh % 2 == 0 or dh != dw or conv.stride != (1, 1) or conv.groups != 1:
+        return None
+    want = dh * (kh - 1) // 2
+    if conv.padding_mode != "zeros" or (conv.padding != "same" and tuple(conv.padding) != (want, want)):
+        return None
+    return kh, dh if kh > 1 else 1
+
+
 def _stride_one(name: str, stride: int) -> None:
     if stride != 1:
         raise SpaceError(f"op '{name}' supports stride 1 only, got stride {stride}")

@@ -77,7 +77,7 @@ from nasflow.errors import (
     TrainingDiverged,
 )
 from nasflow.genotype import Genotype
-from nasflow.layout import batch_to, model_to, resolve_memory_format
+from nasflow.layout import batch_to, resolve_memory_format
 from nasflow.registries import DERIVE_RULES, HYPERGRADIENTS, STRATEGIES, TASKS
 from nasflow.schema import RunConfig
 from nasflow.strategy import Strategy
@@ -314,7 +314,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
     """
     ctx = ctx or DistContext()
     layout = resolve_memory_format(cfg.memory_format, torch.device(task.device))
-    model = model_to(task.build_supernet().to(task.device), layout)
+    model = task.build_supernet().to(task.device, memory_format=layout)
     where = str(resume.get("_path", "the checkpoint")) if resume is not None else ""
     if resume is not None:
         _load_model_state(model, resume["model"], where)
@@ -430,7 +430,7 @@ def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> 
     if cfg.train.epochs == 0:
         return model
     layout = resolve_memory_format(cfg.memory_format, torch.device(task.device))
-    model_to(model, layout)
+    model.to(memory_format=layout)  # in place: the phases' parameter lists stay valid
     for phase in task.train_phases(model):
         if not phase.parameters:
             continue

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasflow.fastpath.options import CL
+from nasflow.ops import same_size_conv
 
 
 def _op(namespace: Any, name: str, overload: str | None = None) -> Any:
@@ -167,20 +168,12 @@ def _same_conv(conv: nn.Module) -> _Conv | None:
         w = conv.weight.detach().to(torch.float64).clone()
         b = None if conv.bias is None else conv.bias.detach().to(torch.float64).clone()
         return _Conv(w, b, conv.dilation)
-    if type(conv) is not nn.Conv2d:
-        return None
-    kh, kw = conv.kernel_size
-    dh, dw = conv.dilation
-    if kh != kw or kh % 2 == 0 or dh != dw or conv.stride != (1, 1) or conv.groups != 1:
-        return None
-    if conv.padding_mode != "zeros":
-        return None
-    want = dh * (kh - 1) // 2
-    if conv.padding != "same" and tuple(conv.padding) != (want, want):
+    shape = same_size_conv(conv)
+    if shape is None:
         return None
     w = conv.weight.detach().to(torch.float64).clone()
     b = None if conv.bias is None else conv.bias.detach().to(torch.float64).clone()
-    return _Conv(w, b, dh if kh > 1 else 1)
+    return _Conv(w, b, shape[1])
 
 
 class FastConv(nn.Module):

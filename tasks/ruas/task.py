@@ -193,13 +193,14 @@ class RUASTask(Task):
         if isinstance(model, RUASNet):
             with torch.no_grad():
                 u, _ = model.illumination(y)
-            n = model.noise(u)
-            return nrm_loss(u - n, u, mse_weight=self.options.nrm_mse_weight, tv_weight=self.options.nrm_tv_weight)
-        return self._nrm(model(y))
+            return self._nrm(u - model.noise(u), u)
+        out = model(y)
+        return self._nrm(out.out, out.u)
 
-    def _nrm(self, out: Any) -> Mapping[str, torch.Tensor]:
+    def _nrm(self, out: torch.Tensor, u: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """The NRM loss of the output ``out`` against the IEM output ``u`` (a target: not differentiated)."""
         o = self.options
-        return nrm_loss(out.out, out.u.detach(), mse_weight=o.nrm_mse_weight, tv_weight=o.nrm_tv_weight)
+        return nrm_loss(out, u.detach(), mse_weight=o.nrm_mse_weight, tv_weight=o.nrm_tv_weight)
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(batch)
@@ -207,7 +208,7 @@ class RUASTask(Task):
         terms = {f"iem_{k}": v for k, v in iem.items()}
         total = iem["loss"]
         if self.options.use_nrm:
-            nrm = self._nrm(out)
+            nrm = self._nrm(out.out, out.u)
             terms.update({f"nrm_{k}": v for k, v in nrm.items()})
             total = total + nrm["loss"]
         return {"loss": total, **terms}
