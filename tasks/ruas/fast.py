@@ -59,6 +59,7 @@ class FastRUAS(nn.Module):
         inner = prepare(model, options)
         self.iem_cells = inner.iem_cells
         self.use_nrm = bool(inner.use_nrm)
+        self.warm_start = bool(getattr(inner, "warm_start", True))
         if self.use_nrm:
             chain = [inner.nrm_stem, *inner.nrm_cells, inner.nrm_out]
             if options.fold_chains:
@@ -107,6 +108,8 @@ class FastRUAS(nn.Module):
             if r is None:
                 return None
             total += 1 + r  # the 2x2 max filter reaches one pixel further
+        if not self.warm_start:
+            total -= 1  # the first stage reads y itself
         for m in self.nrm if self.use_nrm else ():
             r = cell_radius(m) if isinstance(m, (FusedCell, Cell)) else op_radius(m)
             if r is None:
@@ -117,7 +120,10 @@ class FastRUAS(nn.Module):
     def _forward(self, y: torch.Tensor) -> torch.Tensor:
         u = y
         for k, cell in enumerate(self.iem_cells):
-            x = max_filter2x2_(u)
+            if k == 0 and not self.warm_start:
+                x = y.clone()
+            else:
+                x = max_filter2x2_(u)
             if k > 0:
                 x.sub_(u - y, alpha=STEP)  # maxfilter(u) - STEP * (u - y): STEP * d is exact
             t = cell(x)

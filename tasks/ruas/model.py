@@ -6,7 +6,7 @@ engine only sees supercells with the labels ``iem`` and ``nrm``.
 * IEM (illumination estimation module), ``iem_stages`` distill supercells on 3 channels that
   share one alpha (label ``iem``). With ``y`` the low-light input::
 
-      x_0 = maxfilter(y)
+      x_0 = maxfilter(y)       (the warm start; ``warm_start=False``: x_0 = y)
       x_k = maxfilter(u_{k-1}) - 0.5 * (u_{k-1} - y)        (k > 0)
       t_k = clamp(sigmoid(cell_k(x_k)), 0.001, 1)
       u_k = clamp(y / t_k, 0, 1)
@@ -80,6 +80,7 @@ class RUASNet(Supernet):
         iem_channels: int = 3,
         nrm_channels: int = 6,
         use_nrm: bool = True,
+        warm_start: bool = True,
     ) -> None:
         super().__init__()
         if iem_stages < 1:
@@ -93,6 +94,7 @@ class RUASNet(Supernet):
             raise ValueError(f"RUAS needs a space whose cells take one input; '{self.space.name}' cells take "
                              f"{len(self.space.graph().inputs)}")
         self.use_nrm = use_nrm
+        self.warm_start = warm_start
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
         if use_nrm:
             self.nrm_stem = tag(nn.Conv2d(3, nrm_channels, 3, padding=1, bias=True), "nrm")
@@ -106,7 +108,7 @@ class RUASNet(Supernet):
         the cells' longest conv paths plus one pixel per IEM stage for the 2x2 max filter."""
         from nasflow.tiling import receptive_halo
 
-        iem = sum(receptive_halo(cell) + 1 for cell in self.iem_cells)
+        iem = sum(receptive_halo(cell) + 1 for cell in self.iem_cells) - (0 if self.warm_start else 1)
         if not self.use_nrm:
             return iem
         nrm = receptive_halo(self.nrm_stem) + sum(receptive_halo(c) for c in self.nrm_cells)
@@ -117,7 +119,10 @@ class RUASNet(Supernet):
         ts: list[torch.Tensor] = []
         u = y
         for k, cell in enumerate(self.iem_cells):
-            x = max_filter2x2(y) if k == 0 else max_filter2x2(u) - STEP * (u - y)
+            if k == 0:
+                x = max_filter2x2(y) if self.warm_start else y
+            else:
+                x = max_filter2x2(u) - STEP * (u - y)
             t = torch.clamp(torch.sigmoid(cell(x)), T_MIN, 1.0)
             u = torch.clamp(y / t, 0.0, 1.0)
             ts.append(t)

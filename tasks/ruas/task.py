@@ -42,6 +42,7 @@ class RUASOptions:
     iem_stages: int = field(default=3, metadata={"min": 1})
     nrm_cells: int = field(default=3, metadata={"min": 1})
     use_nrm: bool = True
+    warm_start: bool = True  # x_0 = 2x2 max filter of y (released); false: x_0 = y (the paper's ablation)
     smooth: str = field(default="smooth_edge_aware", metadata={"choices": ("smooth_edge_aware", "smooth_legacy")})
     smooth_weight: float = field(default=1.0, metadata={"min": 0.0})
     nrm_every: int = field(default=10, metadata={"min": 1})
@@ -166,7 +167,8 @@ class RUASTask(Task):
     # -- model and losses -------------------------------------------------------------------------
     def build_supernet(self) -> Supernet:
         o = self.options
-        return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm)
+        return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm,
+                       warm_start=o.warm_start)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""

@@ -222,3 +222,18 @@ def _saved(module: nn.Module, folder) -> str:
     path = folder / "fast.pt"
     torch.save(module, path)
     return str(path)
+
+
+@pytest.mark.parametrize("use_nrm", [True, False])
+def test_no_warm_start_matches_and_reaches_one_pixel_less(use_nrm) -> None:
+    torch.manual_seed(3)
+    warm = compile_model(RUASNet(use_nrm=use_nrm), paper_genotype(use_nrm)).eval()
+    cold = compile_model(RUASNet(use_nrm=use_nrm, warm_start=False), paper_genotype(use_nrm)).eval()
+    cold.load_state_dict(warm.state_dict())
+    y = low_light(4, 33, 29)
+    with torch.no_grad():
+        assert not torch.allclose(cold(y).out, warm(y).out)  # x_0 = y, not maxfilter(y)
+        torch.testing.assert_close(cold.illumination(y)[1][0],
+                                   torch.sigmoid(cold.iem_cells[0](y)).clamp(0.001, 1.0), rtol=0, atol=1e-6)
+    fast = check(cold, y)
+    assert fast.radius == fast_ruas(warm).radius - 1 == cold.halo()
