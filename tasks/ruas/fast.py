@@ -55,11 +55,14 @@ class FastRUAS(nn.Module):
         for name in ("iem_cells", "use_nrm"):
             if not hasattr(model, name):
                 raise TypeError(f"fast_ruas needs a RUASNet (compiled), got {type(model).__name__} without {name!r}")
+        if hasattr(model, "noise_gate"):  # the journal release: a per-image switch the fused chain has no place for
+            raise TypeError("fast_ruas does not run the journal release's noise gate; use the network itself")
         self.options = options
         inner = prepare(model, options)
         self.iem_cells = inner.iem_cells
         self.use_nrm = bool(inner.use_nrm)
         self.warm_start = bool(getattr(inner, "warm_start", True))
+        self.t_min = float(getattr(inner, "t_min", T_MIN))
         if self.use_nrm:
             chain = [inner.nrm_stem, *inner.nrm_cells, inner.nrm_out]
             if options.fold_chains:
@@ -127,7 +130,7 @@ class FastRUAS(nn.Module):
             if k > 0:
                 x.sub_(u - y, alpha=STEP)  # maxfilter(u) - STEP * (u - y): STEP * d is exact
             t = cell(x)
-            t = torch.sigmoid_(t).clamp_(T_MIN, 1.0)
+            t = torch.sigmoid_(t).clamp_(self.t_min, 1.0)
             u = torch.div(y, t, out=t).clamp_(0.0, 1.0)
         if not self.use_nrm:
             return u

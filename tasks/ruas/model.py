@@ -70,7 +70,10 @@ class RUASNet(Supernet):
     Modules: ``iem_cells`` (ModuleList), and with ``use_nrm``: ``nrm_stem``, ``nrm_cells``
     (ModuleList), ``nrm_out``. The stem and out convs are tagged ``nrm`` so that they train with
     the NRM weights. ``use_nrm=False`` is RUAS_i (IEM only): ``n`` is zeros and ``out == u``.
+    ``t_min``: the illumination's lower clamp (a class attribute: releases differ in it).
     """
+
+    t_min: float = T_MIN
 
     def __init__(
         self,
@@ -123,7 +126,7 @@ class RUASNet(Supernet):
                 x = max_filter2x2(y) if self.warm_start else y
             else:
                 x = max_filter2x2(u) - STEP * (u - y)
-            t = torch.clamp(torch.sigmoid(cell(x)), T_MIN, 1.0)
+            t = torch.clamp(torch.sigmoid(cell(x)), self.t_min, 1.0)
             u = torch.clamp(y / t, 0.0, 1.0)
             ts.append(t)
         return u, ts

@@ -60,6 +60,8 @@ class RUASOptions:
     nrm_channels: int = field(default=6, metadata={"min": 1})
     # training the compiled network: both modules at once, or the IEM first and then the NRM on its output
     train_schedule: str = field(default="joint", metadata={"choices": ("joint", "iem_then_nrm")})
+    # the network: CVPR 2021 (searched and trained here) or the journal release (noise-gated NRM; runs imported weights)
+    variant: str = field(default="cvpr", metadata={"choices": ("cvpr", "journal")})
 
 
 def _without_leaks(files: list[Path], eval_folder: Path) -> list[Path]:
@@ -167,6 +169,11 @@ class RUASTask(Task):
     # -- model and losses -------------------------------------------------------------------------
     def build_supernet(self) -> Supernet:
         o = self.options
+        if o.variant == "journal":
+            from nasflow.tasks.ruas.journal import JournalRUASNet
+
+            return JournalRUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels,
+                                  use_nrm=o.use_nrm, warm_start=o.warm_start)
         return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm,
                        warm_start=o.warm_start)
 
@@ -215,7 +222,13 @@ class RUASTask(Task):
             total = total + nrm["loss"]
         return {"loss": total, **terms}
 
+    def _cvpr_only(self, what: str) -> None:
+        if self.options.variant == "journal":
+            raise ConfigError(f"task_options.variant: the journal network runs released weights; {what} it is not "
+                              f"supported (its noise gate has no loss here): use variant cvpr")
+
     def search_groups(self, model: Supernet) -> list[GroupSpec]:
+        self._cvpr_only("searching")
         if not self.options.use_nrm:
             return [GroupSpec("iem", ("iem",), ("iem",), loss=self.iem_terms, arch_loss=self.loss)]
         return [
@@ -226,13 +239,19 @@ class RUASTask(Task):
         ]
 
     def train_phases(self, model: nn.Module) -> list[TrainPhase]:
+        self._cvpr_only("training")
         if self.options.train_schedule == "joint" or not self.options.use_nrm:
             return super().train_phases(model)
         return [TrainPhase("iem", weight_parameters(model, "iem"), self.iem_terms),
                 TrainPhase("nrm", weight_parameters(model, "nrm"), self.nrm_terms)]
 
     def named_genotypes(self) -> dict[str, Genotype]:
-        """``paper``: the genotypes the RUAS paper found (IEM only for ``use_nrm: false``)."""
+        """``paper``: the genotypes the RUAS paper found (IEM only for ``use_nrm: false``); for the
+        journal variant, those of the journal release."""
+        if self.options.variant == "journal":
+            from nasflow.tasks.ruas.journal import journal_genotype
+
+            return {"paper": journal_genotype(self.options.use_nrm)}
         return {"paper": paper_genotype(self.options.use_nrm)}
 
     # -- evaluation -------------------------------------------------------------------------------
@@ -254,6 +273,8 @@ class RUASTask(Task):
         """The fused fast path (:func:`nasflow.tasks.ruas.fast.fast_ruas`): same function, less work."""
         from nasflow.tasks.ruas.fast import fast_ruas
 
+        if hasattr(model, "noise_gate"):
+            return model  # the journal release's per-image gate: the fast path has no place for it
         # channels-last pays on CPUs (oneDNN); on a GPU (H200, 1920x1080) NCHW measured 12.2 ms against 13.8
         on_cpu = next(model.parameters()).device.type == "cpu"
         return fast_ruas(model, channels_last=on_cpu)
