@@ -1,10 +1,11 @@
-"""An independent, plain-PyTorch re-implementation of the released RUAS network (test reference).
+"""An independent, plain-PyTorch re-implementation of the released RUAS networks (test reference).
 
-Written from the structure of the authors' release (``model.py`` / ``operations.py``), not from
-nasflow's cell or compile code, so that comparing the two checks the checkpoint import end to
-end. Module names reproduce the released state-dict names exactly:
+Written from the structure of the authors' releases (CVPR: ``KarelZhang/RUAS`` ``model.py`` /
+``operations.py`` / ``test.py``; journal: ``model_enhance/model.py`` and ``test_enhancement.py``),
+not from nasflow's cell or compile code, so that comparing the two checks the checkpoint import end
+to end. Module names reproduce the released state-dict names exactly:
 ``enhance_net.iems.{k}.cell.{c1_d..c5}.*``, ``denoise_net.stem.*``, ``denoise_net.nrms.{k}.*``,
-``denoise_net.activate.0.*``.
+``denoise_net.activate.0.*`` and, in the journal release, ``estimation.estimation.{0..8}.*``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from torch import nn
 IEM_OPS = ("skip_connect", "resconv_1x1", "resdilconv_3x3", "conv_3x3", "conv_3x3", "skip_connect", "conv_3x3")
 NRM_OPS = ("resconv_1x1", "resconv_1x1", "resdilconv_3x3", "skip_connect", "resconv_1x1", "resconv_1x1",
            "skip_connect")
+JOURNAL_NRM_OPS = ("resconv_1x1", "resconv_3x3", "dilconv_3x3", "resconv_1x1", "resconv_3x3", "conv_3x3",
+                   "resconv_3x3")
+JOURNAL_KEYS = 98
+JOURNAL_PARAMETERS = 36_653
 
 
 class Identity(nn.Module):
@@ -91,9 +96,10 @@ class SearchBlock(nn.Module):
 
 
 class IEM(nn.Module):
-    def __init__(self, channel: int, ops: Sequence[str]) -> None:
+    def __init__(self, channel: int, ops: Sequence[str], t_min: float = 0.001) -> None:
         super().__init__()
         self.cell = SearchBlock(channel, ops)
+        self.t_min = t_min  # CVPR 0.001, journal 0.0001
 
     @staticmethod
     def max_operation(x: torch.Tensor) -> torch.Tensor:
@@ -106,15 +112,15 @@ class IEM(nn.Module):
             t_hat = self.max_operation(y)
         else:
             t_hat = self.max_operation(u) - 0.5 * (u - y)
-        t = torch.clamp(torch.sigmoid(self.cell(t_hat)), 0.001, 1.0)
+        t = torch.clamp(torch.sigmoid(self.cell(t_hat)), self.t_min, 1.0)
         u = torch.clamp(y / t, 0.0, 1.0)
         return u, t
 
 
 class EnhanceNetwork(nn.Module):
-    def __init__(self, stages: int = 3, channel: int = 3, ops: Sequence[str] = IEM_OPS) -> None:
+    def __init__(self, stages: int = 3, channel: int = 3, ops: Sequence[str] = IEM_OPS, t_min: float = 0.001) -> None:
         super().__init__()
-        self.iems = nn.ModuleList(IEM(channel, ops) for _ in range(stages))
+        self.iems = nn.ModuleList(IEM(channel, ops, t_min) for _ in range(stages))
 
     def forward(self, y: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         us, ts = [], []
@@ -154,3 +160,47 @@ class ReleasedRUAS(nn.Module):
         us, _ = self.enhance_net(y)
         u = us[-1]
         return u, (self.denoise_net(u) if self.use_nrm else u)
+
+
+class Estimation(nn.Module):
+    """The journal release's noise estimator, ``estimation.estimation``: 5 convs with ReLUs between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = [3, 32, 32, 32, 32, 3]
+        layers: list[nn.Module] = []
+        for i in range(5):
+            layers.append(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1))
+            if i < 4:
+                layers.append(nn.ReLU(inplace=True))
+        self.estimation = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The released noise label of one image: the L1 norm of the estimate over C * H * W."""
+        es = self.estimation(x)
+        _, c, h, w = x.shape
+        return torch.norm(es, 1) / (w * c * h)
+
+
+class ReleasedJournalRUAS(nn.Module):
+    """The journal release. ``forward(y) -> (u, out, labels)``, one image at a time as the authors'
+    ``test_enhancement.py`` runs it (batch 1): ``out`` is the denoised image when the image's noise
+    label is at least 0.035, else ``u``."""
+
+    THRESHOLD = 0.035
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enhance_net = EnhanceNetwork(t_min=0.0001)
+        self.denoise_net = DenoiseNetwork(ops=JOURNAL_NRM_OPS)
+        self.estimation = Estimation()
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        us, outs, labels = [], [], []
+        for image in y.split(1):
+            u = self.enhance_net(image)[0][-1]
+            label = self.estimation(u)
+            labels.append(label.item())
+            us.append(u)
+            outs.append(self.denoise_net(u) if label.item() >= self.THRESHOLD else u)
+        return torch.cat(us), torch.cat(outs), labels

@@ -1,15 +1,18 @@
 """Importing the authors' released RUAS checkpoints: names, formats, refusals, and equal outputs.
 
-The released network is re-implemented independently in ``released_reference.py``; random
-weights saved from it in the legacy torch format are imported, and the rebuilt nasflow network
-must reproduce its outputs.
+The released networks (CVPR 2021 and journal) are re-implemented independently in
+``released_reference.py``; random weights saved from them in the legacy torch format are imported,
+and the rebuilt nasflow network must reproduce their outputs. With ``NASFLOW_RUAS_RELEASES`` set
+to a folder holding the authors' real files, ``test_real_release_*`` check those too.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import importlib.util
+import os
 import pickle
 import re
 import sys
@@ -49,9 +52,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: oversubsc
 KEYS_FILE = Path(__file__).resolve().parents[3] / ".." / "shared" / "design" / "ruas_official_keys.txt"
 
 
-def released_model(use_nrm: bool = True, seed: int = 0) -> torch.nn.Module:
+def released_model(use_nrm: bool = True, seed: int = 0, journal: bool = False) -> torch.nn.Module:
     """The reference network with random float32 weights, large enough for non-trivial activations."""
-    model = ref.ReleasedRUAS(use_nrm)
+    model = ref.ReleasedJournalRUAS() if journal else ref.ReleasedRUAS(use_nrm)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -136,7 +139,9 @@ def test_import_full_matches_reference(full_ckpt, tmp_path) -> None:
     ours, saved = rebuild(out)
     assert set(saved) == {"state_dict", "genotype", "config", "meta"}
     assert saved["meta"] == {"source": "RUAS released checkpoint", "file": "lol.pt",
-                             "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()}
+                             "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(), "release": "CVPR 2021",
+                             "modules": "iem+nrm"}
+    assert saved["config"]["task_options"]["variant"] == "cvpr"
     assert saved["config"]["task"] == "ruas"
     assert saved["config"]["task_options"]["use_nrm"] is True
     assert saved["config"]["task_options"]["data"] == "synthetic"
@@ -157,8 +162,9 @@ def test_import_iem_only_matches_reference(iem_ckpt, tmp_path) -> None:
 def test_convert_fills_every_tensor_once(full_ckpt) -> None:
     reference, ckpt = full_ckpt
     state = load_released_state_dict(ckpt)
-    genotype, state_dict, use_nrm = convert_released(state)
-    assert use_nrm and genotype == paper_genotype(True)
+    conversion = convert_released(state, file_name="lol.pt")
+    genotype, state_dict = conversion.genotype, conversion.state_dict
+    assert conversion.use_nrm and conversion.release.variant == "cvpr" and genotype == paper_genotype(True)
     target = compile_model(RUASNet(use_nrm=True), genotype).state_dict()
     assert list(state_dict) == list(target)
     assert all(state_dict[k].shape == target[k].shape for k in target)
@@ -302,8 +308,11 @@ def test_command_via_argparse(iem_ckpt, tmp_path, capsys) -> None:
     command.add_arguments(parser)
     out = tmp_path / "ruas-official-upe.pt"
     assert command.run(parser.parse_args([str(ckpt), "-o", str(out)])) == 0
-    line = capsys.readouterr().out.strip()
+    captured = capsys.readouterr()
+    line = captured.out.strip()
     assert "\n" not in line and str(out) in line and "IEM" in line and "NRM" not in line
+    assert "CVPR 2021 release" in line
+    assert captured.err.startswith("nasflow: note: upe.pt: the file holds the IEM alone")
     assert hashlib.sha256(ckpt.read_bytes()).hexdigest() in line
     n_params = sum(p.numel() for p in reference.parameters())
     assert f"{n_params:,} parameters" in line
@@ -313,3 +322,303 @@ def test_command_via_argparse(iem_ckpt, tmp_path, capsys) -> None:
     assert command.run(parser.parse_args([str(ckpt), "--output", str(out), "--overwrite"])) == 0
     with pytest.raises(SystemExit):
         parser.parse_args([str(ckpt)])  # -o is required
+
+
+# --- which modules a CVPR file runs --------------------------------------------------------------
+@pytest.mark.parametrize("name, use_nrm", [("lol.pt", True), ("upe.pt", False), ("dark.pt", False),
+                                           ("UPE.pt", False), ("weights.pt", True)])
+def test_cvpr_files_run_as_the_authors_run_them(full_ckpt, tmp_path, name, use_nrm) -> None:
+    """All CVPR files hold 76 tensors; the authors' test.py saves the IEM output for upe and dark."""
+    reference, ckpt = full_ckpt
+    named = tmp_path / name
+    named.write_bytes(ckpt.read_bytes())
+    ours, saved = rebuild(import_released(named, tmp_path / "m.pt"))
+    assert saved["config"]["task_options"]["use_nrm"] is use_nrm
+    assert saved["meta"]["modules"] == ("iem+nrm" if use_nrm else "iem")
+    assert Genotype.from_dict(saved["genotype"]) == paper_genotype(use_nrm)
+    if use_nrm:
+        compare(reference, ours, use_nrm=True)
+    else:  # the IEM alone: the reference's IEM output u (what test.py saves for upe/dark)
+        reference, ours = reference.double().eval(), ours.double().eval()
+        y = torch.rand(1, 3, 21, 17, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.4
+        with torch.no_grad():
+            u_ref, _ = reference(y)
+            got = ours(y)
+        assert (got.out - u_ref).abs().max().item() < 1e-6
+        assert not any(k.startswith("nrm") for k in saved["state_dict"])
+
+
+@pytest.mark.parametrize("name, module, use_nrm", [("upe.pt", "iem+nrm", True), ("lol.pt", "iem", False)])
+def test_module_overrides_the_file_name_rule(full_ckpt, tmp_path, name, module, use_nrm) -> None:
+    reference, ckpt = full_ckpt
+    named = tmp_path / name
+    named.write_bytes(ckpt.read_bytes())
+    ours, saved = rebuild(import_released(named, tmp_path / "m.pt", module=module))
+    assert saved["config"]["task_options"]["use_nrm"] is use_nrm
+    if use_nrm:
+        compare(reference, ours, use_nrm=True)
+
+
+def test_module_iem_nrm_needs_nrm_tensors(iem_ckpt, tmp_path) -> None:
+    _, ckpt = iem_ckpt
+    with pytest.raises(ConfigError, match=r"--module iem\+nrm: the file holds no NRM tensors") as exc:
+        import_released(ckpt, tmp_path / "m.pt", module="iem+nrm")
+    _one_line_error(exc)
+    with pytest.raises(ConfigError, match="module must be one of iem, iem\\+nrm"):
+        import_released(ckpt, tmp_path / "m.pt", module="nrm")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_command_notes_why_upe_is_iem_only(full_ckpt, tmp_path, capsys) -> None:
+    _, ckpt = full_ckpt
+    upe = tmp_path / "upe.pt"
+    upe.write_bytes(ckpt.read_bytes())
+    command = ImportRuasCommand()
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert command.run(parser.parse_args([str(upe), "-o", str(tmp_path / "a.pt")])) == 0
+    captured = capsys.readouterr()
+    assert "IEM (3 stages) only" in captured.out and "1,161 parameters" in captured.out
+    assert "authors' test script runs upe.pt as the IEM alone" in captured.err and "--module iem+nrm" in captured.err
+    assert command.run(parser.parse_args([str(upe), "-o", str(tmp_path / "b.pt"), "--module", "iem+nrm"])) == 0
+    captured = capsys.readouterr()
+    assert "IEM (3 stages) + NRM (3 cells)" in captured.out and "3,438 parameters" in captured.out
+    with pytest.raises(SystemExit):
+        parser.parse_args([str(upe), "-o", "c.pt", "--module", "nrm"])
+    assert "upe.pt or dark.pt" in command.description and "--module" in command.description
+
+
+# --- the journal release -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def journal_ckpt(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    model = released_model(journal=True, seed=2)
+    return model, save_legacy(model.state_dict(), tmp_path_factory.mktemp("journal") / "mit.pt")
+
+
+def set_gate(reference: torch.nn.Module, images: torch.Tensor, between: tuple[int, int] | None, level: float = 0.0):
+    """Scale the reference's last estimation conv so that ``images[between[0]]`` reads clean and
+    ``images[between[1]]`` noisy (the threshold halfway, geometrically), or set a constant label."""
+    last = reference.estimation.estimation[8]
+    with torch.no_grad():
+        if between is None:
+            last.weight.zero_()
+            last.bias.fill_(level)
+            return
+        _, _, labels = reference(images)
+        lo, hi = labels[between[0]], labels[between[1]]
+        assert lo < hi
+        scale = ref.ReleasedJournalRUAS.THRESHOLD / (lo * hi) ** 0.5
+        last.weight.mul_(scale)
+        last.bias.mul_(scale)
+
+
+def compare_journal(reference: torch.nn.Module, ours: torch.nn.Module, y: torch.Tensor) -> list[float]:
+    reference, ours = reference.double().eval(), ours.double().eval()
+    with torch.no_grad():
+        u_ref, out_ref, labels = reference(y.double())
+        got = ours(y.double())
+        levels = ours.noise_level(got.u)
+    assert (got.u - u_ref).abs().max().item() < 1e-6
+    assert (got.out - out_ref).abs().max().item() < 1e-6
+    assert torch.allclose(levels, torch.tensor(labels, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    return labels
+
+
+def test_journal_reference_layout() -> None:
+    sd = ref.ReleasedJournalRUAS().state_dict()
+    assert len(sd) == ref.JOURNAL_KEYS == 98
+    assert sum(t.numel() for t in sd.values()) == ref.JOURNAL_PARAMETERS == 36_653
+    assert sum(k.startswith("estimation.estimation.") for k in sd) == 10
+    assert "denoise_net.nrms.0.c2_r.op.weight" in sd  # the key the CVPR layout does not know
+
+
+def test_journal_import_matches_reference_with_the_gate_on_and_off(journal_ckpt, tmp_path) -> None:
+    g = torch.Generator().manual_seed(11)
+    y = torch.cat([torch.rand(1, 3, 29, 23, generator=g) * 0.05, torch.rand(1, 3, 29, 23, generator=g) * 0.6])
+    for case, expected in [("off", [False, False]), ("on", [True, True]), ("per-image", [False, True])]:
+        reference = copy.deepcopy(journal_ckpt[0])
+        if case == "per-image":
+            _, _, labels = reference(y)
+            set_gate(reference, y, (0, 1) if labels[0] < labels[1] else (1, 0))
+            expected = [labels[0] > labels[1], labels[0] < labels[1]]
+        else:
+            set_gate(reference, y, None, level=1.0 if case == "on" else 0.0)
+        ckpt = save_legacy(reference.state_dict(), tmp_path / f"mit-{case}.pt")
+        ours, saved = rebuild(import_released(ckpt, tmp_path / f"journal-{case}.pt"))
+        assert saved["config"]["task_options"]["variant"] == "journal"
+        assert saved["meta"]["release"] == "journal" and saved["meta"]["modules"] == "iem+nrm"
+        assert sum(t.numel() for t in saved["state_dict"].values()) == 36_653
+        labels = compare_journal(reference, ours, y)
+        noisy = [label >= ref.ReleasedJournalRUAS.THRESHOLD for label in labels]
+        assert noisy == expected, case  # "per-image": one image denoised, the other not
+        with torch.no_grad():
+            got = ours(y.double())
+        for i, is_noisy in enumerate(noisy):
+            if is_noisy:
+                assert (got.out[i] - got.u[i]).abs().mean() > 0.01
+            else:
+                assert torch.equal(got.out[i], got.u[i])
+
+
+def test_journal_runs_through_enhance(journal_ckpt, tmp_path) -> None:
+    """The imported journal model through ``nasflow enhance`` (whole images: the gate sees all of it)."""
+    from PIL import Image
+
+    from nasflow.cli import main
+    from nasflow.inference import load_model
+
+    reference, ckpt = journal_ckpt
+    model_file = import_released(ckpt, tmp_path / "ruas-journal-mit.pt")
+    enhancer = load_model(model_file, device="cpu", tile=16)
+    assert enhancer.halo is None  # never tiled
+    image = (torch.rand(40, 37, 3, generator=torch.Generator().manual_seed(4)) * 0.3).numpy()
+    got = enhancer.enhance_rgb(image)
+    with torch.no_grad():
+        _, out_ref, _ = reference.float().eval()(torch.from_numpy(image).permute(2, 0, 1)[None])
+    assert abs(got - out_ref[0].clamp(0, 1).permute(1, 2, 0).numpy()).max() < 1e-5
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray((image * 255).astype("uint8")).save(photos / "a.png")
+    assert main(["enhance", str(photos), "-o", str(tmp_path / "out"), "--model", str(model_file), "--quiet"]) == 0
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_journal_module_iem_keeps_the_journal_iem(journal_ckpt, tmp_path) -> None:
+    """``--module iem``: the journal IEM alone, with its own illumination clamp (1e-4, CVPR 1e-3)."""
+    reference = copy.deepcopy(journal_ckpt[0])
+    with torch.no_grad():  # illuminations near sigmoid(-8) = 3e-4: between the two releases' clamps
+        for iem in reference.enhance_net.iems:
+            iem.cell.c5.bias.fill_(-8.0)
+    ckpt = save_legacy(reference.state_dict(), tmp_path / "darkface.pt")
+    ours, saved = rebuild(import_released(ckpt, tmp_path / "m.pt", module="iem"))
+    assert saved["config"]["task_options"]["variant"] == "journal"
+    assert saved["config"]["task_options"]["use_nrm"] is False
+    reference, ours = reference.double().eval(), ours.double().eval()
+    g = torch.Generator().manual_seed(8)
+    for scale in (0.3, 2e-4):  # 2e-4: y / t below 1, so the clamp shows
+        y = torch.rand(1, 3, 19, 13, generator=g, dtype=torch.float64) * scale
+        with torch.no_grad():
+            u_ref, _, _ = reference(y)
+            got = ours(y).out
+        assert (got - u_ref).abs().max().item() < 1e-6
+        if scale < 1e-3:
+            assert ((u_ref > 0.2) & (u_ref < 0.99)).double().mean() > 0.2  # not saturated: the clamp matters
+
+
+def test_journal_variant_is_not_searched_or_trained() -> None:
+    cfg = from_dict(RunConfig, {"task": "ruas", "task_options": {"variant": "journal"}})
+    task = build_task(cfg, torch.device("cpu"))
+    model = task.build_supernet()
+    with pytest.raises(ConfigError, match="variant: the journal network runs released weights"):
+        task.search_groups(model)
+    with pytest.raises(ConfigError, match="training it is not supported"):
+        task.train_phases(model)
+
+
+# --- files nasflow cannot map --------------------------------------------------------------------
+def test_journal_file_without_its_gate_names_what_was_found(journal_ckpt, tmp_path) -> None:
+    sd = {k: v for k, v in journal_ckpt[0].state_dict().items() if not k.startswith("estimation.")}
+    with pytest.raises(ConfigError) as exc:
+        load_released_state_dict(save_legacy(sd, tmp_path / "lol.pt"))
+    message = _one_line_error(exc)
+    assert "missing key 'estimation.estimation.0.weight' (and 9 more)" in message
+    assert "88 tensors (enhance_net 36, denoise_net 52)" in message and "closest to the journal layout" in message
+    assert "CVPR 2021 release (lol.pt, upe.pt, dark.pt): 76 tensors" in message
+    assert "journal release (lol.pt, mit.pt, darkface.pt): 98 tensors" in message
+
+
+def test_unknown_layout_names_the_supported_releases(full_ckpt, tmp_path) -> None:
+    sd = dict(full_ckpt[0].state_dict())
+    sd["denoise_net.nrms.3.c5.weight"] = torch.zeros(6, 24, 1, 1)  # a fourth NRM cell: no release has one
+    with pytest.raises(ConfigError) as exc:
+        load_released_state_dict(save_legacy(sd, tmp_path / "x.pt"))
+    message = _one_line_error(exc)
+    assert "unknown key 'denoise_net.nrms.3.c5.weight'" in message and "77 tensors" in message
+    assert "supported:" in message and "journal release" in message
+
+
+# --- the authors' real files (NASFLOW_RUAS_RELEASES=folder) --------------------------------------
+RELEASES_DIR = os.environ.get("NASFLOW_RUAS_RELEASES")
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+needs_releases = pytest.mark.skipif(not RELEASES_DIR, reason="NASFLOW_RUAS_RELEASES (a folder of the authors' "
+                                                          "checkpoint files) is not set")
+
+
+def _real_files() -> list[Path]:
+    files = sorted(Path(RELEASES_DIR).rglob("*.pt")) if RELEASES_DIR else []
+    if RELEASES_DIR and not files:
+        pytest.fail(f"NASFLOW_RUAS_RELEASES={RELEASES_DIR} holds no .pt file")
+    return files
+
+
+def _authors_network(state: dict) -> torch.nn.Module:
+    """The reference network the file's layout belongs to, loaded strictly (the authors' load_state_dict)."""
+    network = ref.ReleasedJournalRUAS() if any(k.startswith("estimation.") for k in state) else ref.ReleasedRUAS(
+        any(k.startswith("denoise_net.") for k in state))
+    network.load_state_dict(state, strict=True)
+    return network.eval()
+
+
+def _authors_output(network: torch.nn.Module, stem: str, y: torch.Tensor) -> torch.Tensor:
+    """What the authors' test scripts save: CVPR u_list[-2] (the IEM) for upe/dark, else the last."""
+    with torch.no_grad():
+        if isinstance(network, ref.ReleasedJournalRUAS):
+            return network(y)[1]
+        u, out = network(y)
+    return u if stem in ("upe", "dark") else out
+
+
+def _test_images() -> list[torch.Tensor]:
+    from nasflow.imageio import read_image
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(1, 3, 48, 64, generator=g) * 0.3, torch.rand(1, 3, 33, 17, generator=g) * 0.1]
+    for folder in (DATA / "lol" / "low", DATA / "mit" / "low"):
+        if folder.is_dir():
+            path = sorted(folder.iterdir())[0]
+            images.append(torch.from_numpy(read_image(path).rgb.copy()).permute(2, 0, 1)[None].float())
+    return images
+
+
+@needs_releases
+def test_real_release_matches_the_authors_forward(tmp_path) -> None:
+    from nasflow.models import load_network
+
+    for path in _real_files():
+        state = load_released_state_dict(path)
+        authors = _authors_network(state).double()
+        loaded = load_network(import_released(path, tmp_path / f"{path.parent.name}-{path.name}"))
+        ours = loaded.network.double().eval()
+        for y in _test_images():
+            y = y.double()
+            with torch.no_grad():
+                got = ours(y).out
+            want = _authors_output(authors, path.stem.lower(), y)
+            assert (got - want).abs().max().item() < 1e-5, path
+
+
+@needs_releases
+@pytest.mark.skipif(not (DATA / "mit" / "low").is_dir(), reason="../shared/data is absent")
+def test_real_release_figures_on_the_dev_pairs(tmp_path) -> None:
+    """The figures of ../shared/data/README.md: CVPR upe on mit, lol on lol (our protocol)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+    from quality import score  # the benchmark's own scoring (the data README's protocol)
+
+    from nasflow.inference import load_model
+
+    expected = {"upe": ("mit", 20.20, 0.925), "lol": ("lol", 15.98, 0.651)}
+    checked = 0
+    for path in _real_files():
+        state = load_released_state_dict(path)
+        if path.stem not in expected or any(k.startswith("estimation.") for k in state):
+            continue  # journal files: matched against the authors' forward above
+        set_name, psnr, ssim = expected[path.stem]
+        enhancer = load_model(import_released(path, tmp_path / f"{path.stem}.nasflow.pt"), device="cpu")
+        measured_psnr, measured_ssim, _ = score(enhancer, DATA / set_name)
+        assert abs(measured_psnr - psnr) <= 0.01 and abs(measured_ssim - ssim) <= 0.01, (path, measured_psnr,
+                                                                                        measured_ssim)
+        checked += 1
+    if not checked:
+        pytest.skip("no CVPR upe.pt or lol.pt under NASFLOW_RUAS_RELEASES")
