@@ -239,6 +239,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
     enhancer = load_model(args.model or default_model_name(), device=args.device, tile=args.tile,
                           precision=args.precision, cuda_graphs=args.cuda_graphs, compile=args.compile)
+    for note in enhancer.loaded.notes:
+        print(f"nasflow: note: {note}", file=sys.stderr)
     jobs, refused = plan_jobs(args.inputs, args.output, fmt=args.format, recursive=args.recursive,
                               overwrite=args.overwrite)
     if jobs:

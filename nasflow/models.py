@@ -58,6 +58,7 @@ class LoadedModel:
     config: Any
     meta: dict[str, Any]
     source: str
+    notes: list[str] = field(default_factory=list)  # one-line remarks on how the model was found
 
 
 def default_model_name() -> str:
@@ -68,21 +69,39 @@ def default_model_name() -> str:
     raise ConfigError("no shipped model is tagged 'default'; pass --model NAME|PATH (see nasflow list models)")
 
 
-def resolve_model(spec: str | Path) -> Path:
-    """A model file from a shipped model's name, a model file, or a finished run folder."""
-    path = Path(spec)
-    if path.is_dir():
-        if (path / "model.pt").is_file():
-            return path / "model.pt"
-        raise ConfigError(f"{path} is a folder without model.pt (not a finished run folder)")
+def _model_file_at(path: Path) -> Path | None:
+    """The model file a path names: the file itself, or a run folder's ``model.pt``."""
     if path.is_file():
         return path
+    if path.is_dir() and (path / "model.pt").is_file():
+        return path / "model.pt"
+    return None
+
+
+def resolve_model(spec: str | Path, notes: list[str] | None = None) -> Path:
+    """A model file from a shipped model's name, a model file, or a finished run folder.
+
+    A name that is both a shipped model and a path (a folder ``ruas-lol/`` where the command runs)
+    is the path only when that holds a model file; otherwise it is the shipped model. Either way a
+    one-line remark is appended to ``notes``: a stray folder must not hide a shipped model silently.
+    """
+    path = Path(spec)
     name = str(spec)
-    if ":" not in name and name in MODELS:  # shipped names only, never an import path
+    shipped_name = ":" not in name and name in MODELS  # shipped names only, never an import path
+    found = _model_file_at(path)
+    if found is not None:
+        if shipped_name and notes is not None:
+            notes.append(f"'{name}' is {found} here, not the shipped model of that name")
+        return found
+    if shipped_name:
         shipped: ShippedModel = MODELS.get(name)
         if not shipped.path().is_file():
             raise ConfigError(f"model '{name}' is registered but its weights file {shipped.path()} is missing")
+        if path.exists() and notes is not None:
+            notes.append(f"{path} holds no model file (no model.pt): '{name}' is the shipped model")
         return shipped.path()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder without model.pt (not a finished run folder)")
     raise ConfigError(f"model '{name}' is neither a file nor a run folder, and {MODELS.unknown_message(name)}")
 
 
@@ -112,7 +131,8 @@ def load_network(spec: str | Path, device: torch.device | str = "cpu") -> Loaded
     from nasflow.runner import build_task
     from nasflow.schema import RunConfig
 
-    path = resolve_model(spec)
+    notes: list[str] = []
+    path = resolve_model(spec, notes)
     saved = read_model_file(path)
     config = saved["config"]
     if not isinstance(config, dict):
@@ -132,7 +152,8 @@ def load_network(spec: str | Path, device: torch.device | str = "cpu") -> Loaded
     _load_weights(network, saved["state_dict"], path)
     network.to(device).eval()
     meta = saved.get("meta") if isinstance(saved.get("meta"), dict) else {}
-    return LoadedModel(task=task, network=network, genotype=genotype, config=cfg, meta=dict(meta), source=str(path))
+    return LoadedModel(task=task, network=network, genotype=genotype, config=cfg, meta=dict(meta), source=str(path),
+                       notes=notes)
 
 
 def _load_weights(network: nn.Module, state: Any, path: Path) -> None:
