@@ -192,7 +192,8 @@ def identify(state: Mapping[str, Any], where: str = "checkpoint") -> Release:
         first = next(iter(state))
         ours = " (it looks like a nasflow state dict already)" if first.startswith("iem_cells.") else ""
         raise ConfigError(f"{where}: not a RUAS released checkpoint: none of its {len(state)} key(s) is an "
-                          f"enhance_net./denoise_net./estimation. tensor (first key: '{first}'){ours}")
+                          f"enhance_net./denoise_net./estimation. tensor (first key: '{first}'){ours}; supported: "
+                          f"{_supported()}")
     release = _closest(state)
     layout = release_layout(release)
     context = f"; the file holds {_found(state)}, closest to the {release.name} layout; supported: {_supported()}"
@@ -239,7 +240,8 @@ def choose_modules(release: Release, file_name: str | None = None, module: str |
                               f"(only the {len(release_layout(release))} IEM ones)")
         return False, "the file holds the IEM alone"
     if module is not None:
-        return module == "iem+nrm", f"--module {module}"
+        what = "IEM + NRM" if module == "iem+nrm" else "the IEM alone"
+        return module == "iem+nrm", f"{what}, as --module {module} asks"
     if release.variant == "journal":
         return True, "as the authors run the journal release: the NRM where the noise gate calls the image noisy"
     stem = Path(file_name).stem.lower() if file_name else ""

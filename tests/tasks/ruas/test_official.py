@@ -237,7 +237,7 @@ def test_wrong_shape(full_ckpt, tmp_path) -> None:
 
 
 def test_not_a_ruas_checkpoint(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="not a RUAS released checkpoint"):
+    with pytest.raises(ConfigError, match="not a RUAS released checkpoint.*supported: CVPR 2021 release"):
         load_released_state_dict(save_legacy({"conv.weight": torch.zeros(1)}, tmp_path / "x.pt"))
     with pytest.raises(ConfigError, match="expected a state dict, found list"):
         load_released_state_dict(save_legacy([torch.zeros(1)], tmp_path / "y.pt"))
@@ -383,6 +383,7 @@ def test_command_notes_why_upe_is_iem_only(full_ckpt, tmp_path, capsys) -> None:
     assert command.run(parser.parse_args([str(upe), "-o", str(tmp_path / "b.pt"), "--module", "iem+nrm"])) == 0
     captured = capsys.readouterr()
     assert "IEM (3 stages) + NRM (3 cells)" in captured.out and "3,438 parameters" in captured.out
+    assert "IEM + NRM, as --module iem+nrm asks" in captured.err
     with pytest.raises(SystemExit):
         parser.parse_args([str(upe), "-o", "c.pt", "--module", "nrm"])
     assert "upe.pt or dark.pt" in command.description and "--module" in command.description
