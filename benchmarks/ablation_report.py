@@ -141,8 +141,9 @@ def genotype_table(groups: dict[str, list[dict[str, Any]]], searched: set[str]) 
 
 # -- picture --------------------------------------------------------------------------------------
 def svg_scatter(groups: dict[str, list[dict[str, Any]]], families: dict[str, str]) -> str:
-    """PSNR against parameters, one panel per dev set: arms as mean +- std bars, the random
-    genotypes' runs as a grey cloud."""
+    """PSNR against parameters, one panel per dev set: each run a small dot in its arm's colour,
+    each arm's mean +- std a bar (nudged sideways so arms of one size stay apart), the random
+    genotypes' runs a grey cloud."""
     w, h, pad = 300, 260, 48
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
     named = [n for n in groups if not families.get(n) and "(all)" not in n]
@@ -150,7 +151,7 @@ def svg_scatter(groups: dict[str, list[dict[str, Any]]], families: dict[str, str
     runs = [r for rows in groups.values() for r in rows]
     xs = [r["params"] for r in runs]
     x0, x1 = min(xs) * 0.9, max(xs) * 1.05
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * w + 170}" height="{h + 30}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * w + 230}" height="{h + 30}" '
              f'font-family="sans-serif" font-size="11">', '<rect width="100%" height="100%" fill="white"/>']
     for k, s in enumerate(PAIRED):
         ys = [r[f"{s}/psnr"] for r in runs]
@@ -183,8 +184,11 @@ def svg_scatter(groups: dict[str, list[dict[str, Any]]], families: dict[str, str
                                  'fill="#aaa" fill-opacity="0.7"/>')
                 continue
             mean, std = _stats([r[f"{s}/psnr"] for r in rows])
-            x = px(float(np.mean([r["params"] for r in rows])))
             c = color[name]
+            for r in rows:
+                parts.append(f'<circle cx="{px(r["params"]):.1f}" cy="{py(r[f"{s}/psnr"]):.1f}" r="2.2" '
+                             f'fill="{c}" fill-opacity="0.6"/>')
+            x = px(float(np.mean([r["params"] for r in rows]))) + 5 * (named.index(name) % 3 - 1)
             parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{py(mean - std):.1f}" y2="{py(mean + std):.1f}" '
                          f'stroke="{c}" stroke-width="2"/>')
             parts.append(f'<circle cx="{x:.1f}" cy="{py(mean):.1f}" r="4.5" fill="{c}"/>')

@@ -155,3 +155,22 @@ def test_without_the_data_it_skips_with_one_line(tmp_path: Path, capsys) -> None
     ablation = _load("ablation")
     assert ablation.main(["--budget", "smoke", "--data", str(tmp_path / "absent"), "--work", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("skipped:")
+
+
+@pytest.mark.parametrize("budget", ["smoke", "default", "full"])
+def test_every_budget_gives_valid_configs_for_every_arm(budget: str, data: Path) -> None:
+    from nasflow.runner import check_config
+
+    ablation = _load("ablation")
+    b = ablation.BUDGETS[budget]
+    for arm in ablation.arms_for(b):
+        for stage in ("search", "train") if arm.searches else ("train",):
+            cfg = ablation.stage_config(arm, b, stage, 0, data, "cpu")
+            check_config(cfg)
+            assert cfg.train.epochs == b.train_epochs and cfg.task_options["crop"] == (
+                (b.search_crop or b.crop) if stage == "search" else b.crop)
+            if arm.searches:
+                assert cfg.search.strategy == arm.strategy
+                assert cfg.search.epochs == b.search_epochs * (2 if arm.strategy == "separate" else 1)
+        genotype = None if arm.searches else ablation.fixed_genotype(arm.genotype, arm.model.get("use_nrm", True))
+        assert arm.searches or genotype is not None
