@@ -39,6 +39,7 @@ class RUASOptions:
     crop: int = field(default=64, metadata={"min": 8})
     batch_size: int = field(default=4, metadata={"min": 1})
     max_train_images: int | None = field(default=None, metadata={"min": 2})
+    decode_cache: bool = True  # folders: decode each training image once (8-bit kept as uint8 in memory)
     iem_stages: int = field(default=3, metadata={"min": 1})
     nrm_cells: int = field(default=3, metadata={"min": 1})
     use_nrm: bool = True
@@ -121,7 +122,7 @@ class RUASTask(Task):
         if o.root is None:
             raise ConfigError("task_options.root: data 'folders' needs a root folder (e.g. ../shared/data)")
         root = Path(o.root)
-        folder = UnpairedFolder(root / o.train, crop=o.crop, seed=self.seed)
+        folder = UnpairedFolder(root / o.train, crop=o.crop, seed=self.seed, cache=o.decode_cache)
         for extra in o.extra_train:
             folder.files.extend(UnpairedFolder(root / extra).files)
         evaluation: Dataset = (UnpairedFolder(root / o.eval_low, crop=None, flip=False, seed=self.seed)

@@ -140,6 +140,30 @@ def test_unpaired_crop_flip_deterministic(tmp_path: Path) -> None:
     assert torch.equal(batches, torch.stack(first))
 
 
+@pytest.mark.parametrize("crop", [None, 12, 20])
+def test_decode_cache_gives_the_same_items_and_decodes_once(tmp_path: Path, crop, monkeypatch) -> None:
+    _save(tmp_path / "a.png", _rgb(14, 17, 1))
+    _save(tmp_path / "b.jpg", _rgb(16, 16, 2), quality=90)
+    Image.fromarray(np.arange(14 * 15, dtype=np.uint16).reshape(14, 15) * 300).save(tmp_path / "c.png")  # 16-bit
+    _save(tmp_path / "d.png", _rgb(9, 30, 3))  # smaller than a 12/20 crop: padded
+    plain = UnpairedFolder(tmp_path, crop=crop, seed=5)
+    cached = UnpairedFolder(tmp_path, crop=crop, seed=5, cache=True)
+    import nasflow.tasks.ruas.data as data
+
+    calls: list[Path] = []
+    real = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda p: calls.append(Path(p)) or real(p))
+    for epoch in range(3):
+        for ds in (plain, cached):
+            ds.set_epoch(epoch)
+        for i in range(len(plain)):
+            a, b = plain[i], cached[i]
+            assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    assert len(calls) == 3 * 4 + 4  # the plain folder decodes every epoch, the cached one once per file
+    kinds = {p.name: t.dtype for p, t in cached._decoded.items()}
+    assert kinds == {"a.png": torch.uint8, "b.jpg": torch.uint8, "c.png": torch.float32, "d.png": torch.uint8}
+
+
 def test_unpaired_flip_only_is_a_flip(tmp_path: Path) -> None:
     _save(tmp_path / "a.png", _rgb(6, 8))
     x = read_image(tmp_path / "a.png")
