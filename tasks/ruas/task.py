@@ -33,6 +33,8 @@ class RUASOptions:
     root: str | None = None  # folders: the data root (e.g. ../shared/data)
     train: str = "sice_dark"  # folders: unpaired low-light training images, relative to root
     extra_train: list[str] = field(default_factory=list)  # folders: more training folders, relative to root
+    # folders: evaluation folders besides eval_low whose images must never train (byte-identical copies are left out)
+    held_out: list[str] = field(default_factory=list)
     eval_low: str = "lol/low"  # folders: paired evaluation, relative to root
     eval_high: str | None = "lol/high"  # None: no reference (no-reference statistics only)
     variants: int = field(default=4, metadata={"min": 1})  # synthetic: degraded variants per photo
@@ -65,7 +67,7 @@ class RUASOptions:
     variant: str = field(default="cvpr", metadata={"choices": ("cvpr", "journal")})
 
 
-def _without_leaks(files: list[Path], eval_folder: Path) -> list[Path]:
+def _without_leaks(files: list[Path], eval_folders: list[Path]) -> list[Path]:
     """Training files minus any whose bytes equal an evaluation image (the evaluation pairs
     must never train: LOL's eval15 folder, for one, holds a copy of a LOL test image)."""
     import hashlib
@@ -75,11 +77,11 @@ def _without_leaks(files: list[Path], eval_folder: Path) -> list[Path]:
     def digest(path: Path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    held_out = {digest(p) for p in list_images(eval_folder)} if eval_folder.is_dir() else set()
+    held_out = {digest(p) for folder in eval_folders if folder.is_dir() for p in list_images(folder)}
     kept = [p for p in files if digest(p) not in held_out]
     if len(kept) < len(files):
         log.info("left out %d training image(s) identical to evaluation images in %s", len(files) - len(kept),
-                 eval_folder)
+                 ", ".join(map(str, eval_folders)))
     return kept
 
 
@@ -127,7 +129,7 @@ class RUASTask(Task):
             folder.files.extend(UnpairedFolder(root / extra).files)
         evaluation: Dataset = (UnpairedFolder(root / o.eval_low, crop=None, flip=False, seed=self.seed)
                                if o.eval_high is None else PairedFolders(root, low=o.eval_low, high=o.eval_high))
-        folder.files = _without_leaks(folder.files, root / o.eval_low)
+        folder.files = _without_leaks(folder.files, [root / o.eval_low, *(root / h for h in o.held_out)])
         train: Dataset = folder
         if o.max_train_images is not None and len(folder) > o.max_train_images:
             # evenly spread over the (sorted, concatenated) folders, so every folder contributes

@@ -171,3 +171,25 @@ def test_iem_then_nrm_schedule_trains_each_module_on_its_own_loss() -> None:
     train(cfg, task, model, _Progress(quiet=True))
     moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert any(n.startswith("iem") for n in moved) and any(n.startswith("nrm") for n in moved)
+
+
+def test_held_out_folders_never_train(tmp_path) -> None:
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, n in (("train", 4), ("eval/low", 1), ("eval/high", 1), ("other", 2)):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    shutil.copy(tmp_path / "other" / "1.png", tmp_path / "train" / "copy_of_other.png")
+    shutil.copy(tmp_path / "eval" / "low" / "0.png", tmp_path / "train" / "copy_of_eval.png")
+    sets = [f"task_options.root={tmp_path}", "task_options.data=folders", "task_options.train=train",
+            "task_options.eval_low=eval/low", "task_options.eval_high=eval/high"]
+    plain = build_task(load_run_config("ruas", sets), torch.device("cpu"))
+    guarded = build_task(load_run_config("ruas", sets + ["task_options.held_out=[other]"]), torch.device("cpu"))
+    names = lambda task: sorted(p.name for p in task.train_set.files)  # noqa: E731
+    assert names(plain) == ["0.png", "1.png", "2.png", "3.png", "copy_of_other.png"]  # eval_low's copy left out
+    assert names(guarded) == ["0.png", "1.png", "2.png", "3.png"]
