@@ -38,7 +38,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     budget = BUDGETS[args.budget]
     if args.seeds:
-        budget = BUDGETS[args.budget].__class__(**{**asdict(budget), "seeds": tuple(int(s) for s in args.seeds.split(","))})
+        budget = replace(budget, seeds=tuple(int(s) for s in args.seeds.split(",")))
     data = args.data.resolve()
     missing = [f for f in (*PAIRED_SETS, *REAL_SETS, *TRAIN_FOLDERS) if not (data / f).is_dir()]
     if missing:
