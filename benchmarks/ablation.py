@@ -242,6 +242,7 @@ def evaluate_model(run_dir: Path, data: Path, repeats: int) -> dict[str, Any]:
     from nasflow.flops import count_flops
     from nasflow.imageio import read_image
     from nasflow.inference import load_model
+    from nasflow.tasks.ruas.data import list_images
     from nasflow.tasks.ruas.metrics import entropy, lightness_order_error, mean_brightness
     from quality import score
 
@@ -250,8 +251,6 @@ def evaluate_model(run_dir: Path, data: Path, repeats: int) -> dict[str, Any]:
     for s in PAIRED_SETS:
         psnr, ssim, n = score(enhancer, data / s)
         out[f"{s}/psnr"], out[f"{s}/ssim"], out[f"{s}/n"] = psnr, ssim, n
-    from nasflow.tasks.ruas.data import list_images
-
     for s in REAL_SETS:
         rows = []
         for path in list_images(data / s):

@@ -65,8 +65,11 @@ def quality_table(groups: dict[str, list[dict[str, Any]]]) -> str:
             cells += [_pm([r[f"{s}/psnr"] for r in rows]), _pm([r[f"{s}/ssim"] for r in rows], 3)]
         devs = [_dev(r) for r in rows]
         best, worst = int(np.argmax(devs)), int(np.argmin(devs))
-        tag = (lambda i: f"{devs[i]:.2f} (seed {rows[i]['seed']})") if "(all)" not in name else \
-              (lambda i: f"{devs[i]:.2f} ({rows[i]['arm']}, seed {rows[i]['seed']})")
+
+        def tag(i: int) -> str:
+            who = f"{rows[i]['arm']}, " if "(all)" in name else ""
+            return f"{devs[i]:.2f} ({who}seed {rows[i]['seed']})"
+
         cells += [_pm(devs), f"{tag(best)} / {tag(worst)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

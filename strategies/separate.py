@@ -52,10 +52,10 @@ class SeparateStrategy(BilevelStrategy):
         return k * epochs // n, (k + 1) * epochs // n
 
     def _phase_schedule(self, g: Group, total: int) -> None:
+        """Replaces the group's whole-search cosine schedule by one over its phase (the optimizer's
+        ``initial_lr`` is the configured lr, set by the schedule being replaced)."""
         w = self.config.groups.get(g.spec.name)
         w_cfg = w.weight_optimizer if w and w.weight_optimizer else self.config.weight_optimizer
-        for group in g.w_opt.param_groups:
-            group["lr"] = group["initial_lr"] = w_cfg.lr
         steps = max(1, total)
         g.w_sched = torch.optim.lr_scheduler.LambdaLR(
             g.w_opt, lambda t: cosine_factor(t, steps, w_cfg.lr, w_cfg.lr_min))

@@ -187,6 +187,11 @@ def random_crop_flip(
     return [t.contiguous() for t in out]
 
 
+def _as_float(x: torch.Tensor) -> torch.Tensor:
+    """A cached uint8 image (or crop) as float32 in [0, 1], equal to what ``read_image`` decodes."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x
+
+
 class _Seeded:
     """Per-(seed, epoch, index) randomness shared by the datasets."""
 
@@ -254,12 +259,10 @@ class UnpairedFolder(_Seeded, Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         y = self._decode(self.files[index])
         if self.crop is None and not self.flip:
-            return y.float() / 255.0 if y.dtype == torch.uint8 else y
-        needs_pad = self.crop is not None and (y.shape[-2] < self.crop[0] or y.shape[-1] < self.crop[1])
-        if y.dtype == torch.uint8 and needs_pad:
-            y = y.float() / 255.0  # reflect padding works on floats
-        out = random_crop_flip([y], self.crop, self.flip, self._aug_generator(index))[0]
-        return out.float() / 255.0 if out.dtype == torch.uint8 else out
+            return _as_float(y)
+        if self.crop is not None and (y.shape[-2] < self.crop[0] or y.shape[-1] < self.crop[1]):
+            y = _as_float(y)  # reflect padding works on floats
+        return _as_float(random_crop_flip([y], self.crop, self.flip, self._aug_generator(index))[0])
 
 
 @DATASETS.register("ruas.paired")
