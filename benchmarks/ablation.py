@@ -128,7 +128,7 @@ def arms_for(budget: Budget) -> list[Arm]:
 
 def fixed_genotype(spec: str, use_nrm: bool) -> Any:
     """The genotype of a fixed arm: ``paper``, ``conv3x3`` or ``random:K`` (K-th uniform sample)."""
-    from nasflow.genotype import GenoEdge, Genotype
+    from nasflow.core.genotype import GenoEdge, Genotype
     from nasflow.registries import DERIVE_RULES
     from nasflow.spaces.distill_cell import DistillCellSpace
     from nasflow.tasks.ruas.model import paper_genotype
@@ -201,7 +201,7 @@ def planned_split(cfg: Any, held_out: set[str], where: str) -> list[str]:
     """The training files a stage will read, checked before it runs."""
     import torch
 
-    from nasflow.runner import build_task
+    from nasflow.run.runner import build_task
 
     train = build_task(cfg, torch.device("cpu"), trusted=True).split_lists()["train"]
     check_split(train, held_out, where)
@@ -239,9 +239,9 @@ def evaluate_model(run_dir: Path, data: Path, repeats: int) -> dict[str, Any]:
     """Dev-pair, no-reference, size and speed figures of one trained run, through the fast path."""
     import torch
 
-    from nasflow.flops import count_flops
-    from nasflow.imageio import read_image
-    from nasflow.inference import load_model
+    from nasflow.core.flops import count_flops
+    from nasflow.infer.imageio import read_image
+    from nasflow.infer.inference import load_model
     from nasflow.tasks.ruas.data import list_images
     from nasflow.tasks.ruas.metrics import entropy, lightness_order_error, mean_brightness
     from quality import score
@@ -295,7 +295,7 @@ def _fresh(folder: Path, say: Log) -> None:
 def run_search(arm: Arm, budget: Budget, seed: int, data: Path, device: str, folder: Path, held_out: set[str],
                say: Log) -> float:
     """Search of one arm and seed into ``folder`` (resumed if interrupted); its wall seconds."""
-    from nasflow.runner import run
+    from nasflow.run.runner import run
 
     timing = folder / "ablation_time.json"
     if _finished(folder, "genotype.json") and timing.is_file():
@@ -314,7 +314,7 @@ def run_search(arm: Arm, budget: Budget, seed: int, data: Path, device: str, fol
 
 def run_train(arm: Arm, budget: Budget, seed: int, data: Path, device: str, folder: Path, genotype: Any,
               held_out: set[str], say: Log) -> float:
-    from nasflow.runner import run
+    from nasflow.run.runner import run
 
     timing = folder / "ablation_time.json"
     if _finished(folder, "model.pt") and timing.is_file():
@@ -334,7 +334,7 @@ def run_train(arm: Arm, budget: Budget, seed: int, data: Path, device: str, fold
 def run_arm_seed(arm: Arm, budget: Budget, seed: int, data: Path, device: str, work: Path, held_out: set[str],
                  say: Log) -> dict[str, Any]:
     """Search (if the arm searches), train and evaluate one arm at one seed; cached in result.json."""
-    from nasflow.genotype import Genotype
+    from nasflow.core.genotype import Genotype
 
     root = work / arm.name / f"seed{seed}"
     result_path = root / "result.json"

@@ -13,11 +13,11 @@ import traceback
 
 import torch
 
-from nasflow.compile import compile_model
-from nasflow.mixed import GumbelStraightThrough, HardArgmax
+from nasflow.core.compile import compile_model
+from nasflow.core.mixed import GumbelStraightThrough, HardArgmax
 from nasflow.registries import HYPERGRADIENTS
-from nasflow.space import build_space
-from nasflow.supernet import Supernet, named_weight_parameters
+from nasflow.core.space import build_space
+from nasflow.core.supernet import Supernet, named_weight_parameters
 
 failures = 0
 
@@ -90,7 +90,7 @@ def _hyper():
     x = torch.randn(2, 2, 8, 8, device=dev, dtype=torch.float64)
     y = torch.randn_like(x)
     loss = lambda m, b: (m(b[0]) - b[1]).square().mean()  # noqa: E731
-    from nasflow.hypergrad import Unroll
+    from nasflow.search.hypergrad import Unroll
 
     u = Unroll.create(net, names, ["arch.alphas.c"], opt, loss, loss)
     fd = HYPERGRADIENTS.get("finite_difference")(u, (x, y), (y, x))[0]
@@ -102,7 +102,7 @@ def _hyper():
 
 @check("demo run end to end with device=cuda")
 def _demo():
-    from nasflow.runner import run_from_file
+    from nasflow.run.runner import run_from_file
 
     out = tempfile.mkdtemp() + "/run"
     d = run_from_file("demo", ["device=cuda", "search.epochs=2", "train.epochs=2",

@@ -12,7 +12,7 @@ inference network, :func:`nasflow.tasks.ruas.fast.fast_ruas`):
 
 * ``plain|fast fp32|fp16|bf16 [graph] [channels-last]``: the network alone on a frame already on
   the GPU, timed with CUDA events: median over ``--repeats`` frames after warm-up. ``graph``:
-  replayed from a CUDA graph (:class:`nasflow.cudagraph.GraphedCall`); ``channels-last``: the fast
+  replayed from a CUDA graph (:class:`nasflow.infer.cudagraph.GraphedCall`); ``channels-last``: the fast
   path with the channels-last layout it uses on CPUs. fp32 is float32 (TF32 off, as
   ``load_model`` runs it); ``plain tf32`` lets cuDNN use TF32, its default on this GPU.
 * ``compile ...`` (``--compile``): ``torch.compile`` of that network (default mode); its first call
@@ -41,9 +41,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nasflow.cudagraph import GraphedCall
-from nasflow.inference import PRECISIONS, load_model
-from nasflow.models import load_network
+from nasflow.infer.cudagraph import GraphedCall
+from nasflow.infer.inference import PRECISIONS, load_model
+from nasflow.infer.models import load_network
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

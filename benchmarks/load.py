@@ -69,7 +69,7 @@ def default_model(folder: Path) -> Path:
     """A RUAS model file (paper genotype, default initialisation) in ``folder``."""
     import torch
 
-    from nasflow.checkpoint import save_atomic
+    from nasflow.run.checkpoint import save_atomic
     from nasflow.tasks.ruas.model import paper_genotype
     from nasflow.tasks.ruas.official import run_config, target_network
 
@@ -82,7 +82,7 @@ def default_model(folder: Path) -> Path:
 
 def run(inputs: Path, output: Path, model: Path, extra: list[str]) -> dict:
     """``nasflow enhance`` in this process; RSS sampled after every written image and every 20 ms."""
-    import nasflow.imageio as imageio
+    import nasflow.infer.imageio as imageio
     from nasflow.cli import main
 
     samples: list[tuple[int, float]] = []  # (images written so far, RSS MiB)

@@ -47,7 +47,7 @@ def reference_rows(readme: Path) -> list[tuple[str, list[str]]]:
 
 
 def score(enhancer, folder: Path) -> tuple[float, float, int]:  # noqa: ANN001
-    from nasflow.imageio import read_image
+    from nasflow.infer.imageio import read_image
     from nasflow.tasks.ruas.metrics import psnr, ssim
 
     lows = sorted(p for p in (folder / "low").iterdir() if not p.name.startswith("."))
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from nasflow.inference import load_model
+    from nasflow.infer.inference import load_model
     from nasflow.registries import MODELS
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

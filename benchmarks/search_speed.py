@@ -71,11 +71,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch.nn.functional as F
     from torch import nn
 
-    from nasflow import hypergrad
+    from nasflow.search import hypergrad
     from nasflow.registries import STRATEGIES
     from nasflow.schema import AdamConfig, SearchConfig, SGDConfig
-    from nasflow.space import build_space
-    from nasflow.supernet import Supernet, tag
+    from nasflow.core.space import build_space
+    from nasflow.core.supernet import Supernet, tag
     from nasflow.task import Task
 
     if args.threads > 0:
@@ -140,13 +140,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         def evaluate(self, model, genotype):
             raise NotImplementedError
 
-    from nasflow.layout import batch_to, resolve_memory_format
-    from nasflow.mixed import MixedOp
+    from nasflow.run.layout import batch_to, resolve_memory_format
+    from nasflow.core.mixed import MixedOp
 
     total = args.warmup + args.steps
     layout = resolve_memory_format(args.memory_format, device)
     if args.model == "ruas":
-        from nasflow.runner import build_task, load_run_config
+        from nasflow.run.runner import build_task, load_run_config
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cfg = load_run_config(os.path.join(root, "tasks", "ruas.yaml"),

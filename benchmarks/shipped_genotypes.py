@@ -33,7 +33,7 @@ DEFAULT_DATA = HERE.parent.parent / "shared" / "data"
 
 
 def candidate(ablation: Path, arm: str, seed: int, use_nrm: bool):  # noqa: ANN201 - a Genotype
-    from nasflow.genotype import Genotype
+    from nasflow.core.genotype import Genotype
     from nasflow.tasks.ruas.model import paper_genotype
 
     if arm == "paper":
@@ -45,8 +45,8 @@ def candidate(ablation: Path, arm: str, seed: int, use_nrm: bool):  # noqa: ANN2
 
 def train_and_score(model: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
     from nasflow.config import apply_overrides, from_dict, read_yaml
-    from nasflow.inference import load_model
-    from nasflow.runner import run
+    from nasflow.infer.inference import load_model
+    from nasflow.run.runner import run
     from nasflow.schema import RunConfig
     from quality import SETS, score
 

@@ -17,7 +17,7 @@ silently or raises :class:`SkipRow` to leave it out with a printed note), in ord
   Its weights are copied from the compiled module, so it computes the same function.
 * ``compiled``: ``compile_model(RUASNet(), genotype)``, the generic ``Cell`` evaluator, under
   ``torch.no_grad``. Its output is what the last column compares every row with.
-* ``fast_model``: :func:`nasflow.fastpath.fast_model` of the compiled module (generic engine only).
+* ``fast_model``: :func:`nasflow.infer.fastpath.fast_model` of the compiled module (generic engine only).
 * ``fast_ruas``: :func:`nasflow.tasks.ruas.fast.fast_ruas` (the engine plus the RUAS-specific
   forward: fused IEM update, NRM chain folding, only ``out`` computed), with its default thread
   policy: one row band per intra-op thread, each on its own Python thread with one intra-op
@@ -26,16 +26,16 @@ silently or raises :class:`SkipRow` to leave it out with a printed note), in ord
   (OpenMP) threads doing the parallel work, as the other rows do.
 * ``fast_ruas 1 thread`` (only with more than one thread): one piece on one intra-op thread.
 * ``onnxruntime``: the compiled module (returning ``.out``) exported once to a temporary ONNX file
-  with :mod:`nasflow.export`'s writer (opset, dynamic batch/height/width as ``nasflow export``),
+  with :mod:`nasflow.infer.export`'s writer (opset, dynamic batch/height/width as ``nasflow export``),
   run by an ``onnxruntime.InferenceSession`` on the ``CPUExecutionProvider`` with as many
   intra-op threads as torch uses (one inter-op thread). The fast module itself is not exported:
   its forward runs row bands on Python threads under ``inference_mode`` and does not trace. Left
   out with a note when ``onnxruntime`` is not importable.
-* ``tiled``: what ``nasflow.load_model(...).enhance`` runs (:class:`nasflow.inference.Enhancer`):
+* ``tiled``: what ``nasflow.load_model(...).enhance`` runs (:class:`nasflow.infer.inference.Enhancer`):
   the fast path (``task.inference_network`` = ``fast_ruas``) applied by
-  :func:`nasflow.tiling.tiled_apply` in ``--tile`` tiles (default
-  :data:`nasflow.tiling.DEFAULT_TILE`) overlapping by the halo the Enhancer uses
-  (:func:`nasflow.tiling.receptive_halo` of the compiled network), under ``inference_mode``;
+  :func:`nasflow.infer.tiling.tiled_apply` in ``--tile`` tiles (default
+  :data:`nasflow.infer.tiling.DEFAULT_TILE`) overlapping by the halo the Enhancer uses
+  (:func:`nasflow.infer.tiling.receptive_halo` of the compiled network), under ``inference_mode``;
   without the Enhancer's final ``clamp(0, 1)``, so that it is compared with the unclamped
   output like the other rows. A note under the table gives its difference to the untiled
   ``fast_ruas`` output too. An image no larger than one tile is processed whole.
@@ -116,8 +116,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.compile import compile_model
-from nasflow.genotype import GenoEdge, Genotype
+from nasflow.core.compile import compile_model
+from nasflow.core.genotype import GenoEdge, Genotype
 from nasflow.spaces.distill_cell import RUAS_OPS, DistillCellSpace
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype
 
@@ -236,7 +236,7 @@ def build_compiled(compiled: nn.Module, genotype: Genotype, args: argparse.Names
 
 
 def build_fast_model(compiled: nn.Module, genotype: Genotype, args: argparse.Namespace) -> Runner:
-    from nasflow.fastpath import fast_model
+    from nasflow.infer.fastpath import fast_model
 
     fast = fast_model(compiled)
     return lambda y: fast(y).out
@@ -276,7 +276,7 @@ class OutModule(nn.Module):
 
 def export_onnx(compiled: nn.Module, path: Path) -> None:
     """The compiled module to ``path`` with ``nasflow export``'s ONNX writer (opset, dynamic axes)."""
-    from nasflow.export import _write_onnx
+    from nasflow.infer.export import _write_onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python bools in the cells
@@ -311,14 +311,14 @@ def build_onnxruntime(compiled: nn.Module, genotype: Genotype, args: argparse.Na
 
 def tiled_halo(compiled: nn.Module) -> int:
     """The halo ``Enhancer`` tiles with: ``task.halo(network)`` = ``receptive_halo`` of the compiled net."""
-    from nasflow.tiling import receptive_halo
+    from nasflow.infer.tiling import receptive_halo
 
     return receptive_halo(compiled)
 
 
 def build_tiled(compiled: nn.Module, genotype: Genotype, args: argparse.Namespace) -> Runner:
     from nasflow.tasks.ruas.fast import fast_ruas
-    from nasflow.tiling import tiled_apply
+    from nasflow.infer.tiling import tiled_apply
 
     net = fast_ruas(compiled)  # RUASTask.inference_network
     halo, tile = tiled_halo(compiled), args.tile
@@ -362,7 +362,7 @@ def setup(args: argparse.Namespace) -> tuple[nn.Module, Genotype]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.hold_heap:
-        from nasflow.fastpath import hold_heap
+        from nasflow.infer.fastpath import hold_heap
 
         held = hold_heap()
         if args._worker is None:
@@ -614,7 +614,7 @@ def search_section(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from nasflow.tiling import DEFAULT_TILE
+    from nasflow.infer.tiling import DEFAULT_TILE
 
     names = [name for name, _ in VARIANTS]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -630,7 +630,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="*", default=None, choices=names, metavar="ROW",
                    help="run only these rows (reference and compiled always run); rows: " + ", ".join(names))
     p.add_argument("--hold-heap", action="store_true",
-                   help="keep freed memory in glibc's heap (nasflow.fastpath.hold_heap, process-wide: all rows)")
+                   help="keep freed memory in glibc's heap (nasflow.infer.fastpath.hold_heap, process-wide: all rows)")
     p.add_argument("--tile", type=int, default=DEFAULT_TILE, help=f"the tiled row's tile (default {DEFAULT_TILE})")
     p.add_argument("--no-rss", action="store_true", help="skip the per-row peak-RSS subprocesses")
     p.add_argument("--worker-timeout", type=float, default=1800.0, help="seconds per peak-RSS subprocess")

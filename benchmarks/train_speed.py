@@ -39,7 +39,7 @@ def pipeline(args: argparse.Namespace, cache: bool) -> tuple[float, float]:
     """Images/s of the first epoch and of the mean later epoch."""
     import torch
 
-    from nasflow.runner import build_task
+    from nasflow.run.runner import build_task
 
     task = build_task(config(args, cache), torch.device("cpu"), trusted=True)
     n = len(task.train_set)
@@ -55,7 +55,7 @@ def pipeline(args: argparse.Namespace, cache: bool) -> tuple[float, float]:
 def training(args: argparse.Namespace, cache: bool, out: Path) -> tuple[float, dict]:
     import torch
 
-    from nasflow.runner import run
+    from nasflow.run.runner import run
 
     t0 = time.perf_counter()
     run(config(args, cache), out=out, quiet=True, genotype="paper")

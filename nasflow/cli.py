@@ -177,7 +177,7 @@ def _check_config_arg(config: str) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     config = str(args.config)
     _check_config_arg(config)
-    from nasflow.runner import run_from_file  # lazy: torch and the task plugins load only here
+    from nasflow.run.runner import run_from_file  # lazy: torch and the task plugins load only here
 
     extra = {}
     if getattr(args, "genotype", None) is not None:
@@ -196,7 +196,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from nasflow.runner import evaluate_run
+    from nasflow.run.runner import evaluate_run
 
     metrics = evaluate_run(args.run_dir)
     print(json.dumps(metrics, indent=2))
@@ -204,8 +204,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    from nasflow.genotype import Genotype
-    from nasflow.viz import write_genotype_picture
+    from nasflow.core.genotype import Genotype
+    from nasflow.core.viz import write_genotype_picture
 
     genotype_path = Path(args.genotype)
     try:
@@ -231,11 +231,11 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_enhance(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from nasflow.enhance import bound_backend_caches, check_output_folder, plan_jobs, run_jobs
+    from nasflow.infer.enhance import bound_backend_caches, check_output_folder, plan_jobs, run_jobs
 
     bound_backend_caches()  # before the first convolution: memory stays flat over a folder
-    from nasflow.inference import load_model
-    from nasflow.models import default_model_name
+    from nasflow.infer.inference import load_model
+    from nasflow.infer.models import default_model_name
 
     enhancer = load_model(args.model or default_model_name(), device=args.device, tile=args.tile,
                           precision=args.precision, cuda_graphs=args.cuda_graphs, compile=args.compile)
@@ -267,7 +267,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from nasflow.export import export_model
+    from nasflow.infer.export import export_model
 
     result = export_model(args.model, args.output, fmt=args.format, overwrite=args.overwrite)
     print(result.summary())

@@ -14,7 +14,7 @@ alias "bombs", absurd nesting) is refused with a :class:`~nasflow.errors.ConfigE
 **A config can name code to import.** Wherever a config expects the name of a plugin (the
 ``task``, ``search.strategy``, ``search.hypergradient``, ``search.derive_rule``, and task
 options such as a space, candidate ops or losses), a ``package.module:attr`` string is imported
-and used (see :mod:`nasflow.registry`). Run only configs you trust, as you would run only
+and used (see :mod:`nasflow.registries`). Run only configs you trust, as you would run only
 scripts you trust. Nothing else we read can do this: genotype files, checkpoints, model files
 and images are data, and an import path inside them is refused (:func:`import_paths_in`).
 """

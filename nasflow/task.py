@@ -10,8 +10,8 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import torch
 from torch import nn
 
-from nasflow.genotype import Genotype
-from nasflow.supernet import Supernet
+from nasflow.core.genotype import Genotype
+from nasflow.core.supernet import Supernet
 
 Batch = Any
 TermsFn = Callable[[nn.Module, Batch], Mapping[str, torch.Tensor]]
@@ -131,6 +131,6 @@ class Task(ABC):
         The default bounds every module it can read (convolutions, pooling, cells); tasks with
         other spatial operations in their forward pass add those.
         """
-        from nasflow.tiling import receptive_halo
+        from nasflow.infer.tiling import receptive_halo
 
         return receptive_halo(model)

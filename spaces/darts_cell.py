@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nasflow.graph import CellGraph, EdgeSpec, NodeSpec
-from nasflow.ops import FactorizedReduce, ReLUConvBN
-from nasflow.space import CellIO, CellSpace
+from nasflow.core.graph import CellGraph, EdgeSpec, NodeSpec
+from nasflow.core.ops import FactorizedReduce, ReLUConvBN
+from nasflow.core.space import CellIO, CellSpace
 
 DARTS_OPS = (
     "none",

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from nasflow.graph import CellGraph, EdgeSpec, NodeSpec
-from nasflow.space import CellIO, CellSpace
+from nasflow.core.graph import CellGraph, EdgeSpec, NodeSpec
+from nasflow.core.space import CellIO, CellSpace
 
 RUAS_OPS = ("skip_connect", "conv_1x1", "conv_3x3", "dilconv_3x3", "resconv_1x1", "resconv_3x3", "resdilconv_3x3")
 EDGE_NAMES = ("c1_d", "c1_r", "c2_d", "c2_r", "c3_d", "c3_r", "c4")

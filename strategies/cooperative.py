@@ -8,8 +8,8 @@ its current weights (the persistent virtual copy is refreshed from the whole mod
 
 from __future__ import annotations
 
-from nasflow.bilevel import BilevelStrategy
-from nasflow.supernet import find_arch
+from nasflow.search.bilevel import BilevelStrategy
+from nasflow.core.supernet import find_arch
 from nasflow.task import GroupSpec
 
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from nasflow.bilevel import BilevelStrategy
+from nasflow.search.bilevel import BilevelStrategy
 
 
 class DartsStrategy(BilevelStrategy):

@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import nn
 
-from nasflow.bilevel import BilevelStrategy, strategy_options
-from nasflow.mixed import GumbelStraightThrough, SoftmaxRelaxation
+from nasflow.search.bilevel import BilevelStrategy, strategy_options
+from nasflow.core.mixed import GumbelStraightThrough, SoftmaxRelaxation
 from nasflow.schema import SearchConfig
-from nasflow.supernet import set_relaxation
+from nasflow.core.supernet import set_relaxation
 from nasflow.task import Task
 
 

@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasflow.bilevel import cosine_factor, strategy_options
-from nasflow.derive import onehot_alpha
-from nasflow.distributed import average_
-from nasflow.genotype import GenoEdge
-from nasflow.mixed import HardArgmax
+from nasflow.search.bilevel import cosine_factor, strategy_options
+from nasflow.core.derive import onehot_alpha
+from nasflow.search.distributed import average_
+from nasflow.core.genotype import GenoEdge
+from nasflow.core.mixed import HardArgmax
 from nasflow.registries import DERIVE_RULES, SPACES
 from nasflow.schema import SearchConfig
-from nasflow.strategy import Strategy
-from nasflow.supernet import find_arch, set_relaxation, weight_parameters
+from nasflow.search.strategy import Strategy
+from nasflow.core.supernet import find_arch, set_relaxation, weight_parameters
 from nasflow.task import Batch, Task
 
 
@@ -51,7 +51,7 @@ class RandomStrategy(Strategy):
         self.w_sched = torch.optim.lr_scheduler.LambdaLR(self.w_opt, lambda t: cosine_factor(t, total, w.lr, w.lr_min))
         self.scores: list[float] = []
         # Averages, in place, the weight gradients over the ranks of a torchrun job
-        # (nasflow.distributed); does nothing in a single-process run.
+        # (nasflow.search.distributed); does nothing in a single-process run.
         self.sync = average_
         set_relaxation(model, HardArgmax())
 

@@ -18,10 +18,10 @@ from dataclasses import replace
 
 import torch
 
-from nasflow.bilevel import BilevelStrategy, Group, cosine_factor
+from nasflow.search.bilevel import BilevelStrategy, Group, cosine_factor
 from nasflow.errors import ConfigError
 from nasflow.schema import SearchConfig
-from nasflow.supernet import find_arch
+from nasflow.core.supernet import find_arch
 from nasflow.task import Batch, GroupSpec, Task
 
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.compile import compile_cell
-from nasflow.genotype import Genotype
-from nasflow.space import CellSpace, build_space
-from nasflow.supernet import Supernet
+from nasflow.core.compile import compile_cell
+from nasflow.core.genotype import Genotype
+from nasflow.core.space import CellSpace, build_space
+from nasflow.core.supernet import Supernet
 from nasflow.task import Task
 
 

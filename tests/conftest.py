@@ -14,7 +14,7 @@ from torch import nn
 
 from nasflow.spaces.darts_cell import DartsCellSpace
 from nasflow.spaces.distill_cell import DistillCellSpace
-from nasflow.supernet import Supernet, tag
+from nasflow.core.supernet import Supernet, tag
 
 
 class DistillNet(Supernet):

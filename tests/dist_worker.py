@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from nasflow.config import from_dict  # noqa: E402
-from nasflow.distributed import (  # noqa: E402
+from nasflow.search.distributed import (  # noqa: E402
     DistContext,
     average_,
     average_buffers_,

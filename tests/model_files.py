@@ -9,7 +9,7 @@ import torch
 
 def ruas_model_file(path: Path, use_nrm: bool = True, seed: int = 0, name: str = "test-model") -> Path:
     """Write a model file of the compiled paper-genotype RUAS network to ``path``."""
-    from nasflow.checkpoint import save_atomic
+    from nasflow.run.checkpoint import save_atomic
     from nasflow.tasks.ruas.model import paper_genotype
     from nasflow.tasks.ruas.official import run_config, target_network
 

@@ -133,7 +133,7 @@ def test_run_hands_its_arguments_to_the_runner(
         calls.append((config, overrides, out, quiet, resume))
         return tmp_path / "run"
 
-    monkeypatch.setitem(sys.modules, "nasflow.runner", types.SimpleNamespace(run_from_file=run_from_file))
+    monkeypatch.setitem(sys.modules, "nasflow.run.runner", types.SimpleNamespace(run_from_file=run_from_file))
     assert main(["run", "demo", "--set", "a.b=1", "--set", "c=x=y", "--out", "o", "--quiet"]) == 0
     assert calls == [("demo", ["a.b=1", "c=x=y"], "o", True, None)]
     assert capsys.readouterr().out.strip() == f"run folder: {tmp_path / 'run'}"

@@ -1,4 +1,4 @@
-"""nasflow.compile: genotype -> plain network equal to the supernet at one-hot alphas."""
+"""nasflow.core.compile: genotype -> plain network equal to the supernet at one-hot alphas."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nasflow.cell import ArchAlphas, Cell, SuperCell
-from nasflow.compile import compile_cell, compile_model
+from nasflow.core.cell import ArchAlphas, Cell, SuperCell
+from nasflow.core.compile import compile_cell, compile_model
 from nasflow.errors import GenotypeError
-from nasflow.genotype import GenoEdge, Genotype
-from nasflow.mixed import HardArgmax, MixedOp
+from nasflow.core.genotype import GenoEdge, Genotype
+from nasflow.core.mixed import HardArgmax, MixedOp
 from nasflow.spaces.distill_cell import RUAS_OPS
-from nasflow.supernet import find_arch
+from nasflow.core.supernet import find_arch
 
 FAST = settings(max_examples=25, deadline=None, database=None)
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -1,11 +1,11 @@
-"""``nasflow.cudagraph.GraphedCall``: one captured graph per shape, eager fallback, fresh outputs."""
+"""``nasflow.infer.cudagraph.GraphedCall``: one captured graph per shape, eager fallback, fresh outputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nasflow.cudagraph import GraphedCall
+from nasflow.infer.cudagraph import GraphedCall
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,6 +1,6 @@
-"""nasflow.derive: alphas -> genotypes, with the documented answers on adversarial alphas.
+"""nasflow.core.derive: alphas -> genotypes, with the documented answers on adversarial alphas.
 
-Documented rules (nasflow/derive.py): zero ops are never chosen; ties between ops go to the
+Documented rules (nasflow/core/derive.py): zero ops are never chosen; ties between ops go to the
 alphabetically first op name; topk_per_node ranks edges by their best non-zero softmax
 probability (softmax over all candidates, 'none' included), ties to the first edge in graph
 order; nothing depends on the candidates' list order.
@@ -16,11 +16,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nasflow.cell import ArchAlphas
-from nasflow.derive import ArgmaxPerEdge, TopKPerNode, derive
+from nasflow.core.cell import ArchAlphas
+from nasflow.core.derive import ArgmaxPerEdge, TopKPerNode, derive
 from nasflow.errors import GenotypeError, SpaceError
-from nasflow.genotype import GenoEdge
-from nasflow.graph import CellGraph
+from nasflow.core.genotype import GenoEdge
+from nasflow.core.graph import CellGraph
 from nasflow.registries import DERIVE_RULES
 from nasflow.spaces.darts_cell import DARTS_OPS, DartsCellSpace
 from nasflow.spaces.distill_cell import RUAS_OPS, DistillCellSpace

@@ -1,4 +1,4 @@
-"""Data-parallel search (nasflow.distributed): 2 gloo ranks on CPU end bitwise identical.
+"""Data-parallel search (nasflow.search.distributed): 2 gloo ranks on CPU end bitwise identical.
 
 Starts ``torch.distributed.run`` itself on tests/dist_worker.py (which documents the runs) and
 compares what every rank saved.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasflow.distributed import DistContext, average_, broadcast_module_, is_main, shard
+from nasflow.search.distributed import DistContext, average_, broadcast_module_, is_main, shard
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_worker.py"

@@ -11,11 +11,11 @@ import torch
 from model_files import ruas_model_file
 from PIL import Image
 
-from nasflow.checkpoint import save_atomic
+from nasflow.run.checkpoint import save_atomic
 from nasflow.cli import main
-from nasflow.enhance import plan_jobs
-from nasflow.imageio import read_image, write_image
-from nasflow.inference import load_model
+from nasflow.infer.enhance import plan_jobs
+from nasflow.infer.imageio import read_image, write_image
+from nasflow.infer.inference import load_model
 
 
 def _model_file(path: Path, use_nrm: bool = True, seed: int = 0) -> Path:
@@ -54,7 +54,7 @@ def test_enhancer_equals_the_plain_compiled_network(model_path: Path, single_thr
 
 def test_tiling_with_a_halo_too_small_differs(model_path: Path, single_thread: None) -> None:
     """The halo is needed: one pixel less and the tiles disagree with the whole image."""
-    from nasflow.tiling import tiled_apply
+    from nasflow.infer.tiling import tiled_apply
 
     enhancer = load_model(model_path, device="cpu")
     net = enhancer.loaded.network.double()  # the plain compiled network
@@ -195,7 +195,7 @@ def test_enhance_user_errors_are_one_line(model_path: Path, tmp_path: Path, caps
 
 def test_model_file_cannot_name_code(model_path: Path, tmp_path: Path) -> None:
     """A model file's task must be an installed task, never a module:attr import path."""
-    from nasflow.checkpoint import load_safe
+    from nasflow.run.checkpoint import load_safe
     from nasflow.errors import ConfigError
 
     saved = load_safe(model_path)
@@ -207,7 +207,7 @@ def test_model_file_cannot_name_code(model_path: Path, tmp_path: Path) -> None:
 
 
 def test_weights_that_do_not_fit_name_the_key(model_path: Path, tmp_path: Path) -> None:
-    from nasflow.checkpoint import load_safe
+    from nasflow.run.checkpoint import load_safe
     from nasflow.errors import ConfigError
 
     saved = load_safe(model_path)

@@ -10,7 +10,7 @@ from model_files import ruas_model_file
 
 from nasflow.cli import main
 from nasflow.errors import ConfigError
-from nasflow.export import TRACE_SIZE, ExportCheckFailed, export_model, predict_module
+from nasflow.infer.export import TRACE_SIZE, ExportCheckFailed, export_model, predict_module
 
 SIZES = ((1, 3, 67, 91), (2, 3, 40, 23))  # both differ from the tracing example
 

@@ -1,4 +1,4 @@
-"""nasflow.fastpath: fused cells compute exactly what the compiled cells compute, faster.
+"""nasflow.infer.fastpath: fused cells compute exactly what the compiled cells compute, faster.
 
 Every check compares the fast path with the plain compiled module: in float64 to 1e-10 (the
 re-parameterisations are exact algebra) and in float32 to 1e-5 (the acceptance bar), on random
@@ -19,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import nasflow.fastpath as fastpath
-from nasflow.cell import Cell
-from nasflow.compile import compile_model
-from nasflow.fastpath import FastConv, FastModule, FastOptions, FusedCell, fast_model, fold_chain, fuse_cell
-from nasflow.genotype import GenoEdge, Genotype
-from nasflow.graph import CellGraph, EdgeSpec, NodeSpec
-from nasflow.ops import PlainConv, Residual, Zero
+import nasflow.infer.fastpath as fastpath
+from nasflow.core.cell import Cell
+from nasflow.core.compile import compile_model
+from nasflow.infer.fastpath import FastConv, FastModule, FastOptions, FusedCell, fast_model, fold_chain, fuse_cell
+from nasflow.core.genotype import GenoEdge, Genotype
+from nasflow.core.graph import CellGraph, EdgeSpec, NodeSpec
+from nasflow.core.ops import PlainConv, Residual, Zero
 from nasflow.spaces.distill_cell import RUAS_OPS
 
 FAST = settings(max_examples=20, deadline=None, database=None)
@@ -307,8 +307,8 @@ def test_the_public_names_all_import() -> None:
     # in a fresh interpreter: the package imports without a cycle, and every name is there
     names = [*fastpath.__all__, "CL", "LANES", "Unsupported", "pack_choices", "to_channels_last", "to_contiguous"]
     code = (
-        "import nasflow.fastpath as f\n"
-        "from nasflow.fastpath import *\n"
+        "import nasflow.infer.fastpath as f\n"
+        "from nasflow.infer.fastpath import *\n"
         f"missing = [n for n in {names!r} if getattr(f, n, None) is None]\n"
         "assert not missing, missing\n"
     )
@@ -394,7 +394,7 @@ def _longest(ops: list[str]) -> list[str]:
 
 
 def test_radius_of_other_ops_and_fast_modules_for_tiling(two_label_net, distill_space) -> None:
-    from nasflow.tiling import receptive_halo
+    from nasflow.infer.tiling import receptive_halo
 
     assert fastpath.op_radius(nn.MaxPool2d(3, 1, 1)) == 1
     assert fastpath.op_radius(nn.AdaptiveAvgPool2d(1)) is None  # sees the whole image

@@ -1,12 +1,12 @@
-"""FLOPs counting (nasflow.flops): the RUAS paper's figures, and counts that follow the network."""
+"""FLOPs counting (nasflow.core.flops): the RUAS paper's figures, and counts that follow the network."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from nasflow.compile import compile_model
-from nasflow.flops import count_flops
+from nasflow.core.compile import compile_model
+from nasflow.core.flops import count_flops
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype
 
 

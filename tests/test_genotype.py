@@ -1,4 +1,4 @@
-"""nasflow.genotype: versioned plain-data genotypes, JSON/YAML round trips, strict parsing."""
+"""nasflow.core.genotype: versioned plain-data genotypes, JSON/YAML round trips, strict parsing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nasflow.errors import GenotypeError
-from nasflow.genotype import SCHEMA_VERSION, GenoEdge, Genotype
+from nasflow.core.genotype import SCHEMA_VERSION, GenoEdge, Genotype
 from nasflow.spaces.darts_cell import DartsCellSpace
 from nasflow.spaces.distill_cell import DistillCellSpace
 

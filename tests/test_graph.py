@@ -1,4 +1,4 @@
-"""nasflow.graph / nasflow.cell: cell DAG descriptions, genotype checks, the generic evaluator."""
+"""nasflow.core.graph / nasflow.core.cell: cell DAG descriptions, genotype checks, the generic evaluator."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from nasflow.cell import Cell
+from nasflow.core.cell import Cell
 from nasflow.errors import GenotypeError, SpaceError
-from nasflow.genotype import GenoEdge
-from nasflow.graph import CellGraph, EdgeSpec, NodeSpec, validate_edges
+from nasflow.core.genotype import GenoEdge
+from nasflow.core.graph import CellGraph, EdgeSpec, NodeSpec, validate_edges
 
 
 class Scale(nn.Module):

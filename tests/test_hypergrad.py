@@ -1,4 +1,4 @@
-"""Hypergradients of bilevel DARTS (nasflow.hypergrad) on a tiny two-label distill supernet."""
+"""Hypergradients of bilevel DARTS (nasflow.search.hypergrad) on a tiny two-label distill supernet."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from nasflow import hypergrad
+from nasflow.search import hypergrad
 from nasflow.errors import ConfigError
-from nasflow.hypergrad import Unroll, exact_hvp, finite_difference, first_order, virtual_step
+from nasflow.search.hypergrad import Unroll, exact_hvp, finite_difference, first_order, virtual_step
 from nasflow.registries import HYPERGRADIENTS
-from nasflow.space import build_space
-from nasflow.supernet import Supernet, tag
+from nasflow.core.space import build_space
+from nasflow.core.supernet import Supernet, tag
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: threads only add overhead

@@ -25,12 +25,12 @@ from torch import nn
 from torch.func import functional_call
 
 from nasflow.config import from_dict
-from nasflow.genotype import Genotype
-from nasflow.hypergrad import Unroll, exact_hvp, finite_difference, first_order
+from nasflow.core.genotype import Genotype
+from nasflow.search.hypergrad import Unroll, exact_hvp, finite_difference, first_order
 from nasflow.registries import STRATEGIES
 from nasflow.schema import SearchConfig
-from nasflow.space import build_space
-from nasflow.supernet import Supernet, tag
+from nasflow.core.space import build_space
+from nasflow.core.supernet import Supernet, tag
 from nasflow.task import Task
 
 H = 1e-5  # central-difference step in alpha

@@ -1,4 +1,4 @@
-"""Tests for nasflow.imageio: every kind of input we promise to read, every refusal, atomic
+"""Tests for nasflow.infer.imageio: every kind of input we promise to read, every refusal, atomic
 writes, input collection and the array helpers. All images are generated here, tiny."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps
 
-from nasflow import imageio
+from nasflow.infer import imageio
 from nasflow.errors import NasflowError
-from nasflow.imageio import (
+from nasflow.infer.imageio import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
     ImageError,

@@ -1,4 +1,4 @@
-"""``nasflow.inference``: precision and CUDA-graph options of :class:`~nasflow.inference.Enhancer`.
+"""``nasflow.infer.inference``: precision and CUDA-graph options of :class:`~nasflow.infer.inference.Enhancer`.
 
 The CUDA tests run only where a GPU is present (they are skipped on CPU-only CI and were run on a
 lent GPU machine); the CPU tests check the refusals and defaults users meet without one.
@@ -15,8 +15,8 @@ from model_files import ruas_model_file
 
 from nasflow.cli import main
 from nasflow.errors import ConfigError
-from nasflow.inference import DEFAULT_CUDA_TILE, load_model
-from nasflow.tiling import DEFAULT_TILE
+from nasflow.infer.inference import DEFAULT_CUDA_TILE, load_model
+from nasflow.infer.tiling import DEFAULT_TILE
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -45,7 +45,7 @@ def test_an_unknown_precision_is_refused_before_the_model_is_read(tmp_path: Path
 
 def test_cli_refuses_half_precision_without_a_gpu(model_path: Path, tmp_path: Path, capsys) -> None:
     image = tmp_path / "in.png"
-    from nasflow.imageio import write_image
+    from nasflow.infer.imageio import write_image
 
     write_image(image, np.full((8, 8, 3), 0.1, np.float32))
     code = main(["enhance", str(image), "-o", str(tmp_path / "out"), "--model", str(model_path),
@@ -108,7 +108,7 @@ def test_compiled_forward_equals_eager(model_path: Path) -> None:
 
 
 def test_default_tiling_runs_small_images_whole_and_large_ones_in_tiles(model_path: Path, monkeypatch) -> None:
-    import nasflow.inference as inference
+    import nasflow.infer.inference as inference
 
     calls: list[tuple[int, ...]] = []
     enhancer = load_model(model_path, device="cpu")

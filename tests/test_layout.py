@@ -1,4 +1,4 @@
-"""nasflow.layout: channels-last search and training on CPUs, the same search either way."""
+"""nasflow.run.layout: channels-last search and training on CPUs, the same search either way."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from nasflow.errors import ConfigError
-from nasflow.layout import batch_to, resolve_memory_format
-from nasflow.runner import _Progress, build_task, load_run_config, search
+from nasflow.run.layout import batch_to, resolve_memory_format
+from nasflow.run.runner import _Progress, build_task, load_run_config, search
 
 CL = torch.channels_last
 

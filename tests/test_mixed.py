@@ -1,4 +1,4 @@
-"""nasflow.mixed: relaxations (softmax, Gumbel straight-through, hard argmax) and MixedOp."""
+"""nasflow.core.mixed: relaxations (softmax, Gumbel straight-through, hard argmax) and MixedOp."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nasflow.cell import ArchAlphas
+from nasflow.core.cell import ArchAlphas
 from nasflow.errors import RegistryError
-from nasflow.mixed import (
+from nasflow.core.mixed import (
     GumbelStraightThrough,
     HardArgmax,
     MixedOp,
     SoftmaxRelaxation,
     make_relaxation,
 )
-from nasflow.ops import get_op
+from nasflow.core.ops import get_op
 from nasflow.spaces.darts_cell import DARTS_OPS
 from nasflow.spaces.distill_cell import RUAS_OPS, DistillCellSpace
 

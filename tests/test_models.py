@@ -8,7 +8,7 @@ import pytest
 
 from model_files import ruas_model_file
 from nasflow.errors import ConfigError
-from nasflow.models import load_network, resolve_model
+from nasflow.infer.models import load_network, resolve_model
 from nasflow.registries import MODELS
 
 

@@ -1,4 +1,4 @@
-"""nasflow.ops: candidate ops, their shapes, metadata and parameter counts."""
+"""nasflow.core.ops: candidate ops, their shapes, metadata and parameter counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasflow.errors import RegistryError, SpaceError
-from nasflow.ops import FactorizedReduce, OpSpec, get_op
+from nasflow.core.ops import FactorizedReduce, OpSpec, get_op
 from nasflow.registries import OPS
 from nasflow.spaces.darts_cell import DARTS_OPS
 from nasflow.spaces.distill_cell import RUAS_OPS

@@ -1,4 +1,4 @@
-"""nasflow.registry / nasflow.registries: lazy name -> class registries with helpful errors."""
+"""nasflow.registries / nasflow.registries: lazy name -> class registries with helpful errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from nasflow.errors import NasflowError, RegistryError, SpaceError
 from nasflow.registries import ALL, DERIVE_RULES, OPS, RELAXATIONS, SPACES
-from nasflow.registry import Registry, import_path
-from nasflow.space import build_space
+from nasflow.registries import Registry, import_path
+from nasflow.core.space import build_space
 from nasflow.spaces.darts_cell import DARTS_OPS, DartsCellSpace
 from nasflow.spaces.distill_cell import RUAS_OPS, DistillCellSpace
 
@@ -163,20 +163,20 @@ def test_describe_reports_unloadable_entries_instead_of_crashing() -> None:
 def test_module_attr_strings_resolve_in_any_registry() -> None:
     assert SPACES.get("nasflow.spaces.darts_cell:DartsCellSpace") is DartsCellSpace
     assert make_registry().get("nasflow.spaces.distill_cell:DistillCellSpace") is DistillCellSpace
-    from nasflow.ops import OpSpec
+    from nasflow.core.ops import OpSpec
 
-    assert import_path("nasflow.ops:OpSpec.build") is OpSpec.build  # dotted attribute
+    assert import_path("nasflow.core.ops:OpSpec.build") is OpSpec.build  # dotted attribute
 
 
 @pytest.mark.parametrize(
     "path, fragment",
     [
         ("nasflow_no_such_module_xyz:Thing", "cannot import module"),
-        ("nasflow.ops:NoSuchThing", "has no attribute 'NoSuchThing'"),
-        ("nasflow.ops:OpSpec.nope", "has no attribute 'OpSpec.nope'"),
-        ("nasflow.ops:", "is not of the form"),
+        ("nasflow.core.ops:NoSuchThing", "has no attribute 'NoSuchThing'"),
+        ("nasflow.core.ops:OpSpec.nope", "has no attribute 'OpSpec.nope'"),
+        ("nasflow.core.ops:", "is not of the form"),
         (":OpSpec", "is not of the form"),
-        ("nasflow.ops", "is not of the form"),
+        ("nasflow.core.ops", "is not of the form"),
     ],
 )
 def test_bad_import_paths_raise_registry_error_naming_the_path(path: str, fragment: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasflow.checkpoint import load_safe, rng_state, save_atomic, set_rng_state
+from nasflow.run.checkpoint import load_safe, rng_state, save_atomic, set_rng_state
 from nasflow.errors import ConfigError, NasflowError
 
 RUN = ["search.epochs=4", "train.epochs=1", "task_options.train_samples=64", "task_options.val_samples=16",
@@ -71,7 +71,7 @@ def test_sigkilled_search_resumes_to_the_uninterrupted_result(tmp_path: Path) ->
 
 
 def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
-    from nasflow.runner import run_from_file
+    from nasflow.run.runner import run_from_file
 
     tiny = ["search.epochs=1", "train.epochs=0", "task_options.train_samples=16", "task_options.val_samples=8",
             "task_options.size=8", "task_options.batch_size=8", "tensorboard=false"]

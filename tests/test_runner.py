@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasflow.compile import compile_model
+from nasflow.core.compile import compile_model
 from nasflow.errors import ConfigError
-from nasflow.genotype import Genotype
-from nasflow.runner import load_run_config, resolve_config, run_from_file
+from nasflow.core.genotype import Genotype
+from nasflow.run.runner import load_run_config, resolve_config, run_from_file
 
 TINY = ["search.epochs=2", "train.epochs=2", "task_options.train_samples=32", "task_options.val_samples=16",
         "task_options.size=8", "task_options.batch_size=8"]
@@ -64,7 +64,7 @@ def test_unknown_task_option_is_reported_with_its_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize("hypergradient", ["first_order", "finite_difference"])
 def test_search_lowers_the_validation_loss_of_the_supernet(hypergradient: str) -> None:
     """A real (tiny) first- or second-order search on the demo task lowers the validation loss."""
-    from nasflow.runner import build_task, search, _Progress
+    from nasflow.run.runner import build_task, search, _Progress
 
     cfg = load_run_config("demo", TINY[1:] + ["search.epochs=6", f"search.hypergradient={hypergradient}"])
     torch.manual_seed(0)

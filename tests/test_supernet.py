@@ -1,4 +1,4 @@
-"""nasflow.supernet / nasflow.cell.ArchAlphas: alphas apart from weights, label sharing."""
+"""nasflow.core.supernet / nasflow.core.cell.ArchAlphas: alphas apart from weights, label sharing."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from nasflow.cell import ArchAlphas
+from nasflow.core.cell import ArchAlphas
 from nasflow.errors import SpaceError
-from nasflow.mixed import HardArgmax, Relaxation, RelaxedWeights, SoftmaxRelaxation
-from nasflow.supernet import (
+from nasflow.core.mixed import HardArgmax, Relaxation, RelaxedWeights, SoftmaxRelaxation
+from nasflow.core.supernet import (
     Supernet,
     arch_parameters,
     find_arch,

@@ -1,4 +1,4 @@
-"""TensorBoard logging: the tags documented in nasflow/tb.py, read back with TensorBoard's own reader."""
+"""TensorBoard logging: the tags documented in nasflow/run/tb.py, read back with TensorBoard's own reader."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasflow.genotype import Genotype
-from nasflow.space import build_space
-from nasflow.supernet import Supernet
-from nasflow.tb import NullWriter, Writer, flatten_config, open_writer
+from nasflow.core.genotype import Genotype
+from nasflow.core.space import build_space
+from nasflow.core.supernet import Supernet
+from nasflow.run.tb import NullWriter, Writer, flatten_config, open_writer
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from nasflow import viz
+from nasflow.core import viz
 from nasflow.cli import main
 from nasflow.errors import NasflowError
-from nasflow.genotype import GenoEdge, Genotype
-from nasflow.space import build_space
+from nasflow.core.genotype import GenoEdge, Genotype
+from nasflow.core.space import build_space
 
 HAS_DOT = shutil.which("dot") is not None
 

@@ -1,11 +1,11 @@
-"""A fast inference forward for compiled RUAS networks, built on :mod:`nasflow.fastpath`.
+"""A fast inference forward for compiled RUAS networks, built on :mod:`nasflow.infer.fastpath`.
 
 ``fast_ruas(model)`` returns a module whose ``forward(y)`` is ``model(y).out`` (unclamped),
 computed with:
 
-* the engine's fused cells (:func:`nasflow.fastpath.prepare`) and oneDNN convs on
+* the engine's fused cells (:func:`nasflow.infer.fastpath.prepare`) and oneDNN convs on
   channels-last tensors, under ``torch.inference_mode``;
-* the NRM chain ``stem -> cells -> out`` folded (:func:`nasflow.fastpath.fold_chain`): the 3x3
+* the NRM chain ``stem -> cells -> out`` folded (:func:`nasflow.infer.fastpath.fold_chain`): the 3x3
   stem is composed with the first cell's entry 1x1 convs and each cell's 1x1 output fusion with
   the next cell's entry 1x1 convs, where the genotype allows it;
 * the IEM update as a short in-place chain: ``x = maxfilter(u) - 0.5 (u - y)`` with the 2x2 max
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.cell import Cell
-from nasflow.fastpath import (
+from nasflow.core.cell import Cell
+from nasflow.infer.fastpath import (
     CL, FastOptions, FusedCell, cell_radius, fold_chain, inference_policy, op_radius, prepare, run_in_bands,
 )
 from nasflow.tasks.ruas.model import STEP, T_MIN
@@ -89,9 +89,9 @@ class FastRUAS(nn.Module):
         self._runtime()
 
     def halo(self) -> int:
-        """Receptive radius, for :func:`nasflow.tiling.receptive_halo` (exact tiling)."""
+        """Receptive radius, for :func:`nasflow.infer.tiling.receptive_halo` (exact tiling)."""
         if self.radius is None:
-            from nasflow.tiling import NotTileable
+            from nasflow.infer.tiling import NotTileable
 
             raise NotTileable("a cell of this network has an op of unknown extent")
         return self.radius
@@ -164,7 +164,7 @@ def fast_ruas(
     """A fast inference module for a compiled RUAS network: ``forward(y) -> out`` (unclamped).
 
     ``model`` (a compiled :class:`~nasflow.tasks.ruas.model.RUASNet`) is left untouched;
-    ``overrides`` set :class:`~nasflow.fastpath.FastOptions` fields (e.g. ``threads=1``);
+    ``overrides`` set :class:`~nasflow.infer.fastpath.FastOptions` fields (e.g. ``threads=1``);
     ``bands``: None (default) one row band per intra-op thread, each on its own thread; 0 one
     piece on the intra-op threads; N that many bands (see the module docstring).
     """

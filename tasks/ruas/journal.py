@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nasflow.genotype import Genotype
-from nasflow.space import CellSpace
+from nasflow.core.genotype import Genotype
+from nasflow.core.space import CellSpace
 from nasflow.spaces.distill_cell import DistillCellSpace
-from nasflow.supernet import tag
+from nasflow.core.supernet import tag
 from nasflow.tasks.ruas.model import PAPER_OPS, RUASNet, RUASOutput, _edges
 
 JOURNAL_T_MIN = 1e-4  # the journal IEM's lower clamp of the illumination
@@ -78,7 +78,7 @@ class JournalRUASNet(RUASNet):
         """Never bounded: the gate averages over the whole image, so tiles could decide differently."""
         if not self.use_nrm:
             return super().halo()
-        from nasflow.tiling import NotTileable
+        from nasflow.infer.tiling import NotTileable
 
         raise NotTileable("the journal RUAS noise gate looks at the whole image: tiles could switch the NRM "
                           "differently")

@@ -15,7 +15,7 @@ engine only sees supercells with the labels ``iem`` and ``nrm``.
   supercells on C channels applied in sequence, a 3x3 conv C -> 3 predicting the noise ``n``;
   the output is ``u - n`` (left unclamped; evaluation clamps).
 
-Supercells sit directly in module lists, so :func:`nasflow.compile.compile_model` replaces them
+Supercells sit directly in module lists, so :func:`nasflow.core.compile.compile_model` replaces them
 in place and the compiled network runs through the same :meth:`RUASNet.forward`.
 """
 
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.genotype import GenoEdge, Genotype
-from nasflow.space import CellSpace
+from nasflow.core.genotype import GenoEdge, Genotype
+from nasflow.core.space import CellSpace
 from nasflow.spaces.distill_cell import DistillCellSpace
-from nasflow.supernet import Supernet, tag
+from nasflow.core.supernet import Supernet, tag
 
 T_MIN = 0.001  # lower clamp of the illumination map (as released)
 STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as released)
@@ -107,9 +107,9 @@ class RUASNet(Supernet):
             self.nrm_out = tag(nn.Conv2d(nrm_channels, 3, 3, padding=1, bias=True), "nrm")
 
     def halo(self) -> int:
-        """How far an output pixel sees (for exact tiling, :func:`nasflow.tiling.receptive_halo`):
+        """How far an output pixel sees (for exact tiling, :func:`nasflow.infer.tiling.receptive_halo`):
         the cells' longest conv paths plus one pixel per IEM stage for the 2x2 max filter."""
-        from nasflow.tiling import receptive_halo
+        from nasflow.infer.tiling import receptive_halo
 
         iem = sum(receptive_halo(cell) + 1 for cell in self.iem_cells) - (0 if self.warm_start else 1)
         if not self.use_nrm:

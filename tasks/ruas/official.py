@@ -27,7 +27,7 @@ refused, never executed. Tensor names map one to one onto the compiled network::
 
 Tensors of modules left out (the NRM of an IEM-only import) are checked, then dropped. The written
 model file has the layout of a run folder's ``model.pt`` (``state_dict``, ``genotype``, ``config``)
-plus ``meta``, so it is rebuilt the same way as :func:`nasflow.runner.evaluate_run` rebuilds a run's
+plus ``meta``, so it is rebuilt the same way as :func:`nasflow.run.runner.evaluate_run` rebuilds a run's
 network.
 """
 
@@ -48,11 +48,11 @@ from typing import Any, Mapping
 
 import torch
 
-from nasflow.checkpoint import save_atomic
-from nasflow.compile import compile_model
+from nasflow.run.checkpoint import save_atomic
+from nasflow.core.compile import compile_model
 from nasflow.config import from_dict, to_dict
 from nasflow.errors import ConfigError
-from nasflow.genotype import Genotype
+from nasflow.core.genotype import Genotype
 from nasflow.schema import RunConfig
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype
 
@@ -390,8 +390,8 @@ def run_config(use_nrm: bool, variant: str = "cvpr") -> dict[str, Any]:
 
 
 def _rebuild(saved: Mapping[str, Any]) -> torch.nn.Module:
-    """The network of a model file, rebuilt as ``nasflow.runner.evaluate_run`` does (strict load)."""
-    from nasflow.runner import build_task
+    """The network of a model file, rebuilt as ``nasflow.run.runner.evaluate_run`` does (strict load)."""
+    from nasflow.run.runner import build_task
 
     cfg = from_dict(RunConfig, saved["config"])
     task = build_task(cfg, torch.device("cpu"))

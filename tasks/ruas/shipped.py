@@ -6,7 +6,7 @@ on the evaluation pairs); its card gives the exact command and the measured metr
 
 from __future__ import annotations
 
-from nasflow.models import ShippedModel
+from nasflow.infer.models import ShippedModel
 
 _PACKAGE = "nasflow.tasks.ruas"
 

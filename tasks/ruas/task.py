@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from nasflow.errors import ConfigError
-from nasflow.genotype import Genotype
-from nasflow.supernet import Supernet, weight_parameters
+from nasflow.core.genotype import Genotype
+from nasflow.core.supernet import Supernet, weight_parameters
 from nasflow.task import GroupSpec, Task, TrainPhase
 from nasflow.tasks.ruas.data import PairedFolders, SyntheticLowLight, UnpairedFolder
 from nasflow.tasks.ruas.losses import exposure_target, iem_loss, nrm_loss

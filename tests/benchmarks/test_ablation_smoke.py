@@ -159,7 +159,7 @@ def test_without_the_data_it_skips_with_one_line(tmp_path: Path, capsys) -> None
 
 @pytest.mark.parametrize("budget", ["smoke", "default", "full"])
 def test_every_budget_gives_valid_configs_for_every_arm(budget: str, data: Path) -> None:
-    from nasflow.runner import check_config
+    from nasflow.run.runner import check_config
 
     ablation = _load("ablation")
     b = ablation.BUDGETS[budget]

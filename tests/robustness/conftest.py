@@ -26,7 +26,7 @@ def ruas_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def searched_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A deterministic demo search of 2 epochs: checkpoints/last.ckpt (epoch 2) and prev.ckpt (epoch 1)."""
-    from nasflow.runner import run_from_file
+    from nasflow.run.runner import run_from_file
 
     out = tmp_path_factory.mktemp("searched") / "run"
     before = torch.are_deterministic_algorithms_enabled()

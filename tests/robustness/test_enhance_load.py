@@ -4,7 +4,7 @@ and its peak memory does not grow between the first and the last hundred images.
 
 The measurement is ``benchmarks/load.py`` (RSS from /proc/self/status after every written image), run
 in a fresh subprocess; the full-size run (sides up to 2000 x 2000) is that script's default.
-Without bounded oneDNN caches (nasflow.enhance.BACKEND_CACHE_LIMITS) the same run grows by 50-70 MiB.
+Without bounded oneDNN caches (nasflow.infer.enhance.BACKEND_CACHE_LIMITS) the same run grows by 50-70 MiB.
 """
 
 from __future__ import annotations

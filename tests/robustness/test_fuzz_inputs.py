@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nasflow.cli import main
-from nasflow.compile import compile_model
+from nasflow.core.compile import compile_model
 from nasflow.config import read_yaml
 from nasflow.errors import ConfigError, GenotypeError
-from nasflow.genotype import Genotype
-from nasflow.runner import check_config, load_run_config
+from nasflow.core.genotype import Genotype
+from nasflow.run.runner import check_config, load_run_config
 
 CONFIG_KEYS = ["task", "seed", "deterministic", "device", "tensorboard", "checkpoint", "every_steps", "task_options",
                "search", "train", "strategy", "epochs", "hypergradient", "derive_rule", "weight_optimizer",
@@ -151,7 +151,7 @@ HOSTILE_YAML = {
     "not a mapping": "- task\n- planted\n",
     "unknown task": "task: plantd\n",
     "task is a function": "task: os:getcwd\n",
-    "strategy is not a strategy": "task: planted\nsearch: {strategy: 'nasflow.registry:Registry'}\n",
+    "strategy is not a strategy": "task: planted\nsearch: {strategy: 'nasflow.registries:Registry'}\n",
     "unknown hypergradient": "task: planted\nsearch: {hypergradient: third_order}\n",
     "bad betas": "task: planted\nsearch: {arch_optimizer: {betas: [0.5]}}\n",
     "binary junk": "\x00\x01\x02 task: [",
@@ -192,7 +192,7 @@ def test_base_include_loops_and_bad_bases(tmp_path: Path) -> None:
 # -- genotypes ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo_supernet() -> torch.nn.Module:
-    from nasflow.runner import build_task
+    from nasflow.run.runner import build_task
 
     cfg = load_run_config("demo", ["task_options.train_samples=2", "task_options.val_samples=2", "task_options.size=4"])
     return build_task(cfg, torch.device("cpu")).build_supernet()
@@ -201,7 +201,7 @@ def demo_supernet() -> torch.nn.Module:
 VALID = {"schema": 1, "space": "distill", "cells": {"cell": [
     {"op": "conv_3x3", "src": "x", "dst": "d1"}]}, "meta": {}}
 OPS = st.one_of(st.sampled_from(["skip_connect", "conv_3x3", "conv_1x1", "none", "sep_conv_3x3", "dil_conv_3x3",
-                                 "os:system", "nasflow.ops:get_op", "posix:getpid", "x:y.z"]), TEXT)
+                                 "os:system", "nasflow.core.ops:get_op", "posix:getpid", "x:y.z"]), TEXT)
 NODES = st.one_of(st.sampled_from(["x", "d1", "d2", "d3", "d4", "out", "c_{k-1}"]), TEXT)
 EDGE = st.fixed_dictionaries({"op": OPS, "src": NODES, "dst": NODES})
 EDGE_ANY = st.one_of(EDGE, EDGE.map(lambda e: {**e, "extra": 1}), structures(st.sampled_from(["op", "src", "dst"])))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from rbutil import cli
 
-from nasflow.imageio import ImageError, read_image
+from nasflow.infer.imageio import ImageError, read_image
 
 
 def _dark(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -45,7 +45,7 @@ def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
 
 
 def _png16(h: int, w: int) -> bytes:
-    from nasflow.imageio import _encode_png16
+    from nasflow.infer.imageio import _encode_png16
 
     samples = (np.random.default_rng(4).random((h, w, 3)) * 12000).astype(np.uint16)
     return _encode_png16(samples)
@@ -155,7 +155,7 @@ def test_each_file_is_read_or_refused_with_a_documented_error(hostile_folder: Pa
 
 def test_bomb_is_refused_before_decoding(hostile_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The 50,000 x 50,000 header is refused from the header alone: no pixel decoder runs."""
-    from nasflow import imageio
+    from nasflow.infer import imageio
 
     def no_decoding(*args, **kwargs):  # noqa: ANN002, ANN003
         raise AssertionError("decoded a decompression bomb")

@@ -13,9 +13,9 @@ from conftest import SEARCH2
 from PIL import Image, PngImagePlugin
 from rbutil import assert_one_line_error, cli, sets
 
-from nasflow.checkpoint import load_safe, save_atomic
+from nasflow.run.checkpoint import load_safe, save_atomic
 from nasflow.errors import ConfigError, GenotypeError
-from nasflow.genotype import Genotype
+from nasflow.core.genotype import Genotype
 
 PROBE = "nasflow_robustness_probe"
 
@@ -53,7 +53,7 @@ def test_genotype_files_cannot_name_code(probe: Path, tmp_path: Path, field: str
 
 
 def test_a_genotype_may_use_an_import_path_its_own_config_names(tmp_path: Path) -> None:
-    name = "nasflow.ops:NoSuchOp"  # never imported here: only the permission is tested
+    name = "nasflow.core.ops:NoSuchOp"  # never imported here: only the permission is tested
     data = {"schema": 1, "space": "distill", "cells": {"cell": [{"op": name, "src": "x", "dst": "d1"}]}}
     with pytest.raises(GenotypeError):
         Genotype.from_dict(data)
@@ -90,7 +90,7 @@ def test_model_file_genotype_cannot_name_code(probe: Path, ruas_model: Path, tmp
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished demo run (model.pt of the demo task)."""
-    from nasflow.runner import run_from_file
+    from nasflow.run.runner import run_from_file
 
     return run_from_file("demo", ["search.epochs=1", "train.epochs=0", "task_options.train_samples=8",
                                   "task_options.val_samples=8", "task_options.size=8", "task_options.batch_size=8",
@@ -157,7 +157,7 @@ def test_images_never_name_code(probe: Path, ruas_model: Path, tmp_path: Path) -
 
 def test_a_config_is_where_code_may_be_named(probe: Path, tmp_path: Path) -> None:
     """The documented exception: plugin keys of a config import what they name (here: not a strategy)."""
-    from nasflow.runner import check_config, load_run_config
+    from nasflow.run.runner import check_config, load_run_config
 
     with pytest.raises(ConfigError, match="is not a strategy"):
         check_config(load_run_config("demo", [f"search.strategy={PROBE}:Thing"]))

@@ -14,7 +14,7 @@ import pytest
 from conftest import SEARCH2
 from rbutil import TINY, assert_one_line_error, cli, nasflow, sets
 
-from nasflow.checkpoint import LOCK_NAME, RunLock
+from nasflow.run.checkpoint import LOCK_NAME, RunLock
 from nasflow.errors import RunLockedError
 
 LONG = [kv for kv in TINY if not kv.startswith("search.epochs")] + ["search.epochs=400", "checkpoint.every_steps=1"]

@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from rbutil import assert_one_line_error, cli, env
 
-from nasflow import imageio
-from nasflow.checkpoint import load_safe, save_atomic, save_rotating, write_text_atomic
-from nasflow.imageio import ImageError, read_image, write_image
+from nasflow.infer import imageio
+from nasflow.run.checkpoint import load_safe, save_atomic, save_rotating, write_text_atomic
+from nasflow.infer.imageio import ImageError, read_image, write_image
 
 
 def _dark(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -135,8 +135,8 @@ def test_checkpoint_and_text_writes_are_atomic_under_faults(tmp_path: Path, monk
 
 _WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from nasflow.imageio import write_image
-    from nasflow.checkpoint import save_rotating
+    from nasflow.infer.imageio import write_image
+    from nasflow.run.checkpoint import save_rotating
     import torch
     target, folder = sys.argv[1], sys.argv[2]
     rgb = np.random.default_rng(0).random((700, 900, 3)).astype(np.float32)
@@ -235,7 +235,7 @@ def test_disk_full_mid_run_is_one_clear_error_and_keeps_complete_files(photos: P
 
 
 def test_disk_full_while_checkpointing_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nasflow import checkpoint
+    from nasflow.run import checkpoint
     from rbutil import TINY, sets
 
     calls = {"n": 0}

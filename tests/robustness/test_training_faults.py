@@ -17,7 +17,7 @@ import pytest
 import torch
 from rbutil import TINY, assert_one_line_error, cli, env, nasflow, sets
 
-from nasflow.checkpoint import load_safe
+from nasflow.run.checkpoint import load_safe
 from nasflow.cli import EXIT_DIVERGED
 from nasflow.errors import NasflowError
 
@@ -136,8 +136,8 @@ _KILLER = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from nasflow.checkpoint import load_safe
-    from nasflow.runner import run_from_file
+    from nasflow.run.checkpoint import load_safe
+    from nasflow.run.runner import run_from_file
 
     root, trials, overrides = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
 

@@ -15,10 +15,10 @@ from conftest import SEARCH2
 from PIL import Image
 from rbutil import assert_one_line_error, cli, crafted_pickles, sets
 
-from nasflow.checkpoint import load_safe, save_atomic
+from nasflow.run.checkpoint import load_safe, save_atomic
 from nasflow.errors import CheckpointError, NasflowError
-from nasflow.genotype import Genotype
-from nasflow.inference import load_model
+from nasflow.core.genotype import Genotype
+from nasflow.infer.inference import load_model
 
 
 def _resume(run: Path, *extra: str) -> tuple[int, str, str]:

@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nasflow.cell import ArchAlphas, Cell
+from nasflow.core.cell import ArchAlphas, Cell
 from nasflow.errors import GenotypeError, SpaceError
-from nasflow.genotype import GenoEdge
-from nasflow.mixed import HardArgmax
-from nasflow.ops import FactorizedReduce, ReLUConvBN
+from nasflow.core.genotype import GenoEdge
+from nasflow.core.mixed import HardArgmax
+from nasflow.core.ops import FactorizedReduce, ReLUConvBN
 from nasflow.spaces.darts_cell import DARTS_OPS, DartsCellSpace
 
 FAST = settings(max_examples=25, deadline=None, database=None)

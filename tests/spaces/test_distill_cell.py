@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nasflow.cell import ArchAlphas, Cell
-from nasflow.compile import compile_cell, compile_model
-from nasflow.genotype import GenoEdge, Genotype
-from nasflow.mixed import HardArgmax, SoftmaxRelaxation
+from nasflow.core.cell import ArchAlphas, Cell
+from nasflow.core.compile import compile_cell, compile_model
+from nasflow.core.genotype import GenoEdge, Genotype
+from nasflow.core.mixed import HardArgmax, SoftmaxRelaxation
 from nasflow.spaces.distill_cell import EDGE_NAMES, RUAS_OPS, DistillCellSpace
 
 FAST = settings(max_examples=25, deadline=None, database=None)

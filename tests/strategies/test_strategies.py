@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasflow.config import from_dict
-from nasflow.genotype import Genotype
+from nasflow.core.genotype import Genotype
 from nasflow.registries import STRATEGIES
 from nasflow.schema import SearchConfig
-from nasflow.space import build_space
-from nasflow.supernet import Supernet, tag
+from nasflow.core.space import build_space
+from nasflow.core.supernet import Supernet, tag
 from nasflow.task import GroupSpec, Task
 
 

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nasflow.compile import compile_model
-from nasflow.fastpath import FusedCell, fast_model
-from nasflow.genotype import GenoEdge, Genotype
+from nasflow.core.compile import compile_model
+from nasflow.infer.fastpath import FusedCell, fast_model
+from nasflow.core.genotype import GenoEdge, Genotype
 from nasflow.spaces.distill_cell import RUAS_OPS, DistillCellSpace
 from nasflow.tasks.ruas.fast import FastRUAS, fast_ruas, max_filter2x2_
 from nasflow.tasks.ruas.model import PAPER_GENOTYPE, RUASNet, max_filter2x2, paper_genotype
@@ -193,7 +193,7 @@ def test_receptive_radius_bounds_the_network(supernet, iem, nrm, seed) -> None:
 
 
 def test_halo_matches_the_task_and_exact_tiling_works(supernet) -> None:
-    from nasflow.tiling import receptive_halo, tiled_apply
+    from nasflow.infer.tiling import receptive_halo, tiled_apply
 
     compiled = randomize(compile_model(supernet, PAPER_GENOTYPE), 9).eval()
     fast = fast_ruas(compiled)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.compile import compile_model
+from nasflow.core.compile import compile_model
 from nasflow.spaces.distill_cell import EDGE_NAMES, DistillCellSpace
 from nasflow.tasks.ruas.model import PAPER_GENOTYPE, RUASNet, RUASOutput, max_filter2x2, paper_genotype
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasflow.checkpoint import load_safe
-from nasflow.compile import compile_model
+from nasflow.run.checkpoint import load_safe
+from nasflow.core.compile import compile_model
 from nasflow.config import from_dict
 from nasflow.errors import ConfigError
-from nasflow.genotype import Genotype
-from nasflow.runner import build_task
+from nasflow.core.genotype import Genotype
+from nasflow.run.runner import build_task
 from nasflow.schema import RunConfig
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype
 from nasflow.tasks.ruas.official import (
@@ -84,7 +84,7 @@ def iem_ckpt(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
 
 
 def rebuild(model_file: Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the network from a model file the way ``nasflow.runner.evaluate_run`` does."""
+    """Rebuild the network from a model file the way ``nasflow.run.runner.evaluate_run`` does."""
     saved = load_safe(model_file)
     cfg = from_dict(RunConfig, saved["config"])
     task = build_task(cfg, torch.device("cpu"))
@@ -466,7 +466,7 @@ def test_journal_runs_through_enhance(journal_ckpt, tmp_path) -> None:
     from PIL import Image
 
     from nasflow.cli import main
-    from nasflow.inference import load_model
+    from nasflow.infer.inference import load_model
 
     reference, ckpt = journal_ckpt
     model_file = import_released(ckpt, tmp_path / "ruas-journal-mit.pt")
@@ -570,7 +570,7 @@ def _authors_output(network: torch.nn.Module, stem: str, y: torch.Tensor) -> tor
 
 
 def _test_images() -> list[torch.Tensor]:
-    from nasflow.imageio import read_image
+    from nasflow.infer.imageio import read_image
 
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(1, 3, 48, 64, generator=g) * 0.3, torch.rand(1, 3, 33, 17, generator=g) * 0.1]
@@ -583,7 +583,7 @@ def _test_images() -> list[torch.Tensor]:
 
 @needs_releases
 def test_real_release_matches_the_authors_forward(tmp_path) -> None:
-    from nasflow.models import load_network
+    from nasflow.infer.models import load_network
 
     for path in _real_files():
         state = load_released_state_dict(path)
@@ -607,7 +607,7 @@ def test_real_release_figures_on_the_dev_pairs(tmp_path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
     from quality import score  # the benchmark's own scoring (the data README's protocol)
 
-    from nasflow.inference import load_model
+    from nasflow.infer.inference import load_model
 
     expected = {"upe": ("mit", 20.20, 0.925), "lol": ("lol", 15.98, 0.651)}
     checked = 0

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasflow.checkpoint import load_safe
+from nasflow.run.checkpoint import load_safe
 from nasflow.config import from_dict, to_dict
-from nasflow.inference import load_model
+from nasflow.infer.inference import load_model
 from nasflow.registries import MODELS
-from nasflow.runner import load_run_config
+from nasflow.run.runner import load_run_config
 from nasflow.schema import RunConfig
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"

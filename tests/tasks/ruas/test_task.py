@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nasflow.runner import _Progress, build_task, load_run_config, search
+from nasflow.run.runner import _Progress, build_task, load_run_config, search
 from nasflow.tasks.ruas.task import RUASTask
 
 TINY = ["task_options.variants=1", "task_options.crop=32", "task_options.batch_size=2", "search.epochs=2",
@@ -47,7 +47,7 @@ def test_groups_are_cooperative() -> None:
 def test_group_losses_skip_work_without_changing_their_gradients() -> None:
     """iem_terms runs no NRM and nrm_terms records no IEM graph; values and gradients are those of
     the full forward pass (``model(y)``) that they replace."""
-    from nasflow.supernet import weight_parameters
+    from nasflow.core.supernet import weight_parameters
     from nasflow.tasks.ruas.losses import nrm_loss
 
     cfg = load_run_config("ruas", TINY)
@@ -103,7 +103,7 @@ def test_a_tiny_run_writes_the_evaluation_files(tmp_path) -> None:
     import csv
     import json
 
-    from nasflow.runner import run_from_file
+    from nasflow.run.runner import run_from_file
 
     out = run_from_file("ruas", TINY + ["search.hypergradient=first_order", "train.epochs=1", "tensorboard=false"],
                         out=tmp_path / "r", quiet=True)
@@ -117,7 +117,7 @@ def test_a_tiny_run_writes_the_evaluation_files(tmp_path) -> None:
 
 
 def test_paper_genotype_by_name_builds_the_3438_parameter_network(tmp_path) -> None:
-    from nasflow.runner import run_from_file
+    from nasflow.run.runner import run_from_file
 
     out = run_from_file("ruas", TINY + ["train.epochs=0", "tensorboard=false"], out=tmp_path / "p", quiet=True,
                         genotype="paper")
@@ -158,8 +158,8 @@ def test_lol_config_reads_the_shared_data(tmp_path) -> None:
 
 
 def test_iem_then_nrm_schedule_trains_each_module_on_its_own_loss() -> None:
-    from nasflow.compile import compile_model
-    from nasflow.runner import train
+    from nasflow.core.compile import compile_model
+    from nasflow.run.runner import train
 
     cfg = load_run_config("ruas", TINY + ["task_options.train_schedule=iem_then_nrm", "train.epochs=1"])
     task = build_task(cfg, torch.device("cpu"))

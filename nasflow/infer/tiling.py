@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from nasflow.cell import Cell
+from nasflow.core.cell import Cell
 from nasflow.errors import NasflowError
 
 DEFAULT_TILE = 512

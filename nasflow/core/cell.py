@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from nasflow.errors import SpaceError
-from nasflow.graph import CellGraph
-from nasflow.mixed import MixedOp, Relaxation, SoftmaxRelaxation
+from nasflow.core.graph import CellGraph
+from nasflow.core.mixed import MixedOp, Relaxation, SoftmaxRelaxation
 
 EdgeApply = Callable[[int, str, torch.Tensor], torch.Tensor]
 

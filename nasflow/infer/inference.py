@@ -4,7 +4,7 @@ Images are processed in tiles whose overlap is the network's receptive-field hal
 result equals whole-image processing while memory stays bounded by the tile size.
 
 On a GPU the network can run in half precision (``precision="fp16"`` or ``"bf16"``; float32 is
-the default and the exact one) and is replayed from CUDA graphs (:mod:`nasflow.cudagraph`): a
+the default and the exact one) and is replayed from CUDA graphs (:mod:`nasflow.infer.cudagraph`): a
 searched enhancement network is a few thousand parameters, so its GPU time is kernel launches.
 """
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from nasflow.errors import ConfigError
-from nasflow.models import LoadedModel, load_network
-from nasflow.tiling import DEFAULT_TILE, NotTileable, tiled_apply
+from nasflow.infer.models import LoadedModel, load_network
+from nasflow.infer.tiling import DEFAULT_TILE, NotTileable, tiled_apply
 
 DEFAULT_CUDA_TILE = 2048  # a 1920x1080 frame in one piece; GPU memory is not the CPU's cache
 # With the default tile, images up to this many pixels run in one piece: on 2 cores a 600x400 photo
@@ -87,7 +87,7 @@ class Enhancer:
         if compile:  # its own kernels fused by Inductor; the first call of each size compiles (seconds)
             self._forward = torch.compile(self._run_network, dynamic=False)
         elif use_graphs:
-            from nasflow.cudagraph import GraphedCall
+            from nasflow.infer.cudagraph import GraphedCall
 
             self._forward = GraphedCall(self._run_network)
 
@@ -132,7 +132,7 @@ class Enhancer:
         The result has the input's dtype and layout; an alpha channel is passed through and a
         grayscale image stays grayscale.
         """
-        from nasflow.imageio import from_array, to_array
+        from nasflow.infer.imageio import from_array, to_array
 
         rgb, alpha, _bits, gray = from_array(image)
         out = self.enhance_rgb(rgb, tile=tile)

@@ -4,7 +4,7 @@ Decoding, enhancing and encoding overlap: a reader thread decodes the next image
 network runs and a writer thread encodes the previous result, each with a bounded queue, so a
 folder runs at the pace of its slowest stage and memory does not grow with the folder.
 Nothing is ever written over an input; existing outputs only with ``overwrite``; every file
-is written under a temporary name and renamed (see :func:`nasflow.imageio.write_image`).
+is written under a temporary name and renamed (see :func:`nasflow.infer.imageio.write_image`).
 
 A bad input file is reported and skipped; an output location that cannot take files (read-only,
 full, no permission) stops the run at once (:attr:`EnhanceReport.stopped`), since every further
@@ -61,7 +61,7 @@ def plan_jobs(inputs: Sequence[str], out_dir: str | Path, *, fmt: str = "png", r
     Refused: an output that is one of the inputs (even with ``overwrite``), an existing output
     without ``overwrite``, and two inputs that would write the same output.
     """
-    from nasflow.imageio import collect_inputs
+    from nasflow.infer.imageio import collect_inputs
 
     if fmt not in OUTPUT_FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
@@ -147,7 +147,7 @@ def _output_bit_depth(bit_depth: int, target: Path) -> int:
 def run_jobs(enhance_rgb: Callable[[np.ndarray], np.ndarray], jobs: Iterable[Job], *, max_pixels: int | None,
              progress: Callable[[Iterable[Job]], Iterable[Job]] | None = None, prefetch: int = 2) -> EnhanceReport:
     """Decode, enhance and encode every job; a bad file is reported and skipped, never fatal."""
-    from nasflow.imageio import read_image, write_image
+    from nasflow.infer.imageio import read_image, write_image
 
     jobs = list(jobs)
     report = EnhanceReport()

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasflow.cell import Cell
-from nasflow.fastpath.chain import _fold_sequentials
-from nasflow.fastpath.conv import FastConv
-from nasflow.fastpath.fused_cell import fuse_cell
-from nasflow.fastpath.options import CL, FastOptions
-from nasflow.fastpath.runtime import hold_heap, inference_policy, to_channels_last, to_contiguous
+from nasflow.core.cell import Cell
+from nasflow.infer.fastpath.chain import _fold_sequentials
+from nasflow.infer.fastpath.conv import FastConv
+from nasflow.infer.fastpath.fused_cell import fuse_cell
+from nasflow.infer.fastpath.options import CL, FastOptions
+from nasflow.infer.fastpath.runtime import hold_heap, inference_policy, to_channels_last, to_contiguous
 
 
 class FastModule(nn.Module):
@@ -77,7 +77,7 @@ def prepare(model: nn.Module, options: FastOptions) -> nn.Module:
 
 
 def fast_model(model: nn.Module, options: FastOptions | None = None, **overrides: Any) -> FastModule:
-    """An inference-only copy of ``model`` with every compiled :class:`~nasflow.cell.Cell` fused.
+    """An inference-only copy of ``model`` with every compiled :class:`~nasflow.core.cell.Cell` fused.
 
     ``model`` is left untouched. The copy runs in eval mode under ``torch.inference_mode``, on
     channels-last tensors, and returns what ``model`` returns (tensors in the default layout).

@@ -35,7 +35,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from nasflow.checkpoint import (
+from nasflow.run.checkpoint import (
     LOCK_NAME,
     RunLock,
     checkpoint_files,
@@ -47,7 +47,7 @@ from nasflow.checkpoint import (
     set_rng_state,
     write_text_atomic,
 )
-from nasflow.compile import compile_model
+from nasflow.core.compile import compile_model
 from nasflow.config import (
     apply_overrides,
     check_plain_data,
@@ -57,7 +57,7 @@ from nasflow.config import (
     safe_load_yaml,
     to_dict,
 )
-from nasflow.distributed import (
+from nasflow.search.distributed import (
     DistContext,
     average_buffers_,
     barrier,
@@ -76,13 +76,13 @@ from nasflow.errors import (
     RegistryError,
     TrainingDiverged,
 )
-from nasflow.genotype import Genotype
-from nasflow.layout import batch_to, resolve_memory_format
+from nasflow.core.genotype import Genotype
+from nasflow.run.layout import batch_to, resolve_memory_format
 from nasflow.registries import DERIVE_RULES, HYPERGRADIENTS, STRATEGIES, TASKS
 from nasflow.schema import RunConfig
-from nasflow.strategy import Strategy
+from nasflow.search.strategy import Strategy
 from nasflow.task import Task
-from nasflow.tb import open_writer
+from nasflow.run.tb import open_writer
 
 log = logging.getLogger("nasflow")
 
@@ -122,7 +122,7 @@ def check_config(cfg: RunConfig) -> None:
     strategy_cls = _resolve(STRATEGIES, cfg.search.strategy, "search.strategy")
     if not (isinstance(strategy_cls, type) and issubclass(strategy_cls, Strategy)):
         raise ConfigError(f"search.strategy: {cfg.search.strategy!r} is not a strategy "
-                          "(a subclass of nasflow.strategy.Strategy)")
+                          "(a subclass of nasflow.search.strategy.Strategy)")
     _resolve(HYPERGRADIENTS, cfg.search.hypergradient, "search.hypergradient")
     for name, group in cfg.search.groups.items():
         if group.hypergradient:
@@ -684,7 +684,7 @@ def _save_samples(samples: dict[str, torch.Tensor], folder: Path) -> None:
     written under a temporary name and renamed."""
     from PIL import Image
 
-    from nasflow.imageio import _write_atomic
+    from nasflow.infer.imageio import _write_atomic
 
     for name, image in samples.items():
         batch = image.detach().float().cpu().clamp(0, 1)
@@ -731,7 +731,7 @@ def evaluate_run(run_dir: str | Path) -> dict[str, float]:
 
 
 def _draw(genotype: Any, stem: Path) -> None:
-    from nasflow.viz import write_genotype_picture
+    from nasflow.core.viz import write_genotype_picture
 
     result = write_genotype_picture(genotype, stem)
     if result.hint:

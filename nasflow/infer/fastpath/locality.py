@@ -7,13 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import nn
 
-from nasflow.cell import Cell
-from nasflow.fastpath.fused_cell import FusedCell
+from nasflow.core.cell import Cell
+from nasflow.infer.fastpath.fused_cell import FusedCell
 
 
 def op_radius(module: nn.Module) -> int | None:
-    """How far an output pixel of ``module`` sees (:func:`nasflow.tiling.receptive_halo`); None if unbounded."""
-    from nasflow.tiling import NotTileable, receptive_halo
+    """How far an output pixel of ``module`` sees (:func:`nasflow.infer.tiling.receptive_halo`); None if unbounded."""
+    from nasflow.infer.tiling import NotTileable, receptive_halo
 
     try:
         return receptive_halo(module)
@@ -23,7 +23,7 @@ def op_radius(module: nn.Module) -> int | None:
 
 def cell_radius(cell: nn.Module) -> int | None:
     """Receptive radius of a (fused) cell: the longest path through its graph; None if unbounded."""
-    from nasflow.tiling import NotTileable, cell_halo
+    from nasflow.infer.tiling import NotTileable, cell_halo
 
     source = cell._source if isinstance(cell, FusedCell) else cell
     if not isinstance(source, Cell):

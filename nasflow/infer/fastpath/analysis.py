@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nasflow.fastpath.conv import FastConv, _Conv, _same_conv
-from nasflow.ops import PlainConv, Residual
+from nasflow.infer.fastpath.conv import FastConv, _Conv, _same_conv
+from nasflow.core.ops import PlainConv, Residual
 
 
 class Unsupported(Exception):

@@ -1,7 +1,7 @@
 """Inference fast path for compiled networks: fused cells, packed convolutions, an inference policy.
 
 :func:`fast_model` returns an inference-only copy of a compiled network in which every plain
-:class:`~nasflow.cell.Cell` is replaced by a :class:`FusedCell`: the same function (float64: equal
+:class:`~nasflow.core.cell.Cell` is replaced by a :class:`FusedCell`: the same function (float64: equal
 to 1e-10; float32: to rounding) computed by a short program read from the cell's graph and ops.
 
 Where the time goes (2 CPU cores, AVX-512, 600x400): oneDNN's channels-last convolution costs
@@ -46,24 +46,24 @@ processes, two OpenMP threads can stall 10-20x: one thread, or row bands on Pyth
 process-wide: glibc keeps freed memory, which removes the page faults of re-allocating feature
 maps: 94 -> 72 ms at 600x400 and 641 -> 331 ms at 1920x1080 on one and two threads); and
 ``compile`` (opt-in ``torch.compile``: 3-15 s first call, then slower than this eager path here).
-:class:`FusedCell`, :class:`FastConv` define ``halo()`` for :mod:`nasflow.tiling`.
+:class:`FusedCell`, :class:`FastConv` define ``halo()`` for :mod:`nasflow.infer.tiling`.
 """
 
 from __future__ import annotations
 
-from nasflow.fastpath.chain import fold_chain
-from nasflow.fastpath.conv import FastConv, conv2d, conv2d_acc, conv2d_packed, conv_cost, pack_weight
-from nasflow.fastpath.fused_cell import FusedCell, fuse_cell
-from nasflow.fastpath.locality import cell_radius, op_radius, run_in_bands
-from nasflow.fastpath.module import FastModule, fast_model, prepare
-from nasflow.fastpath.options import FastOptions
-from nasflow.fastpath.runtime import hold_heap, inference_policy
+from nasflow.infer.fastpath.chain import fold_chain
+from nasflow.infer.fastpath.conv import FastConv, conv2d, conv2d_acc, conv2d_packed, conv_cost, pack_weight
+from nasflow.infer.fastpath.fused_cell import FusedCell, fuse_cell
+from nasflow.infer.fastpath.locality import cell_radius, op_radius, run_in_bands
+from nasflow.infer.fastpath.module import FastModule, fast_model, prepare
+from nasflow.infer.fastpath.options import FastOptions
+from nasflow.infer.fastpath.runtime import hold_heap, inference_policy
 
 # importable from here too, though not in __all__ (tasks, tests and benchmarks use them)
-from nasflow.fastpath.analysis import Unsupported  # noqa: F401
-from nasflow.fastpath.conv import LANES, pack_choices  # noqa: F401
-from nasflow.fastpath.options import CL  # noqa: F401
-from nasflow.fastpath.runtime import to_channels_last, to_contiguous  # noqa: F401
+from nasflow.infer.fastpath.analysis import Unsupported  # noqa: F401
+from nasflow.infer.fastpath.conv import LANES, pack_choices  # noqa: F401
+from nasflow.infer.fastpath.options import CL  # noqa: F401
+from nasflow.infer.fastpath.runtime import to_channels_last, to_contiguous  # noqa: F401
 
 __all__ = [
     "FastOptions", "FastModule", "FusedCell", "FastConv", "fast_model", "prepare", "fuse_cell", "fold_chain",

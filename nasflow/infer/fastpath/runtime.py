@@ -11,8 +11,8 @@ from typing import Any, Iterator
 
 import torch
 
-from nasflow.fastpath.options import CL, FastOptions
-from nasflow.layout import map_tensors
+from nasflow.infer.fastpath.options import CL, FastOptions
+from nasflow.run.layout import map_tensors
 
 
 _HEAP_HELD = False

@@ -1,6 +1,6 @@
 """Cell DAG descriptions: nodes, edges with candidate ops, and how the output is formed.
 
-A :class:`CellGraph` is plain data. The generic :class:`nasflow.cell.Cell` evaluates it:
+A :class:`CellGraph` is plain data. The generic :class:`nasflow.core.cell.Cell` evaluates it:
 each inner node is the sum of its incoming edges, plus an optional residual node value,
 then an optional activation; the cell output concatenates some nodes along channels and
 passes them through a space-specific ``post`` module (e.g. a 1x1 fusion conv).
@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import networkx as nx
 
 from nasflow.errors import GenotypeError, SpaceError
-from nasflow.genotype import GenoEdge
+from nasflow.core.genotype import GenoEdge
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import nn
 
-from nasflow.cell import ArchAlphas, Cell, SuperCell
+from nasflow.core.cell import ArchAlphas, Cell, SuperCell
 from nasflow.errors import RegistryError, SpaceError
-from nasflow.genotype import GenoEdge
-from nasflow.graph import CellGraph, validate_edges
-from nasflow.mixed import MixedOp, Relaxation
-from nasflow.ops import OpSpec, get_op
+from nasflow.core.genotype import GenoEdge
+from nasflow.core.graph import CellGraph, validate_edges
+from nasflow.core.mixed import MixedOp, Relaxation
+from nasflow.core.ops import OpSpec, get_op
 from nasflow.registries import DERIVE_RULES
 
 
@@ -95,7 +95,7 @@ class CellSpace(ABC):
 
     def onehot_alpha(self, edges: Sequence[GenoEdge], **cell_options: Any) -> torch.Tensor:
         """Alphas that select exactly ``edges`` (dropped edges select the zero op)."""
-        from nasflow.derive import onehot_alpha
+        from nasflow.core.derive import onehot_alpha
 
         return onehot_alpha(self.graph(**cell_options), edges)
 

@@ -76,7 +76,7 @@ def init_distributed(device_pref: str = "auto") -> DistContext:
 
     ``device_pref`` is the run config's ``device`` (``auto`` | ``cpu`` | ``cuda``): CUDA runs use
     NCCL on ``cuda:LOCAL_RANK``, CPU runs use gloo. Without torchrun (or with one process) the
-    context is disabled and its device is what :func:`nasflow.runner.pick_device` would choose.
+    context is disabled and its device is what :func:`nasflow.run.runner.pick_device` would choose.
     """
     if device_pref not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device: expected auto, cpu or cuda, got {device_pref!r}")

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from nasflow.config import from_dict
-from nasflow.distributed import average_
+from nasflow.search.distributed import average_
 from nasflow.errors import ConfigError
-from nasflow.hypergrad import Unroll
+from nasflow.search.hypergrad import Unroll
 from nasflow.registries import HYPERGRADIENTS
 from nasflow.schema import AdamConfig, SearchConfig, SGDConfig
-from nasflow.strategy import Strategy
-from nasflow.supernet import find_arch, named_weight_parameters
+from nasflow.search.strategy import Strategy
+from nasflow.core.supernet import find_arch, named_weight_parameters
 from nasflow.task import Batch, GroupSpec, Task, TermsFn
 
 
@@ -66,7 +66,7 @@ class BilevelStrategy(Strategy):
         super().__init__(model, task, config, steps_per_epoch)
         self.step_count = 0
         # Averages, in place, the gradients about to be applied over the ranks of a torchrun job
-        # (nasflow.distributed); does nothing in a single-process run.
+        # (nasflow.search.distributed); does nothing in a single-process run.
         self.sync = average_
         specs = self.group_specs()
         self.groups = [self._build_group(spec) for spec in specs]

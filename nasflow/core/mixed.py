@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.ops import OpSpec, PlainConv, Residual, same_size_conv
+from nasflow.core.ops import OpSpec, PlainConv, Residual, same_size_conv
 from nasflow.registries import RELAXATIONS
 
 

@@ -7,10 +7,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nasflow.fastpath.analysis import Unsupported
-from nasflow.fastpath.conv import FastConv, _same_conv
-from nasflow.fastpath.fused_cell import FusedCell, _liveness, _mark_inplace
-from nasflow.fastpath.options import CL
+from nasflow.infer.fastpath.analysis import Unsupported
+from nasflow.infer.fastpath.conv import FastConv, _same_conv
+from nasflow.infer.fastpath.fused_cell import FusedCell, _liveness, _mark_inplace
+from nasflow.infer.fastpath.options import CL
 
 
 def _compose_into_entry(

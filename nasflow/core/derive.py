@@ -1,7 +1,7 @@
 """Derivation rules: alphas -> discrete edges, with every tie broken by a documented key.
 
 No rule looks at an op's position in the candidate list: zero ops are recognised by their
-:class:`~nasflow.ops.OpSpec` metadata, and ties between ops are broken by op *name*
+:class:`~nasflow.core.ops.OpSpec` metadata, and ties between ops are broken by op *name*
 (alphabetical), so permuting the candidate order (with the alphas) never changes a genotype.
 
 * ``argmax_per_edge`` (RUAS): every edge keeps its strongest non-zero op.
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from nasflow.errors import GenotypeError, SpaceError
-from nasflow.genotype import GenoEdge, Genotype
-from nasflow.graph import CellGraph
-from nasflow.ops import get_op
+from nasflow.core.genotype import GenoEdge, Genotype
+from nasflow.core.graph import CellGraph
+from nasflow.core.ops import get_op
 from nasflow.registries import DERIVE_RULES, SPACES
 
 if TYPE_CHECKING:
-    from nasflow.cell import ArchAlphas
+    from nasflow.core.cell import ArchAlphas
 
 
 def _nonzero(candidates: Sequence[str]) -> list[int]:
@@ -111,7 +111,7 @@ def derive(arch: "ArchAlphas", rule: str | None = None, meta: dict | None = None
 
 def onehot_alpha(graph: CellGraph, edges: Sequence[GenoEdge]) -> torch.Tensor:
     """Alphas ``[edges, ops]`` that select exactly ``edges``; dropped edges select the zero op."""
-    from nasflow.graph import validate_edges
+    from nasflow.core.graph import validate_edges
 
     validate_edges(graph, edges)
     alpha = torch.zeros(len(graph.edges), len(graph.candidates))

@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.cell import Cell
-from nasflow.fastpath.analysis import Unsupported, _act_spec
-from nasflow.fastpath.builder import _Builder
-from nasflow.fastpath.conv import _onednn, conv2d, conv2d_acc, conv2d_packed, pack_choices, pack_weight
-from nasflow.fastpath.options import CL, FastOptions
+from nasflow.core.cell import Cell
+from nasflow.infer.fastpath.analysis import Unsupported, _act_spec
+from nasflow.infer.fastpath.builder import _Builder
+from nasflow.infer.fastpath.conv import _onednn, conv2d, conv2d_acc, conv2d_packed, pack_choices, pack_weight
+from nasflow.infer.fastpath.options import CL, FastOptions
 
 
 class FusedCell(nn.Module):
-    """A :class:`~nasflow.cell.Cell` compiled into a short program of fused steps (inference only).
+    """A :class:`~nasflow.core.cell.Cell` compiled into a short program of fused steps (inference only).
 
     ``steps`` is a list of tuples run by :meth:`forward` over numbered slots; weights are the
     buffers ``w<i>``/``b<i>``. The steps:
@@ -213,8 +213,8 @@ class FusedCell(nn.Module):
         return writers
 
     def halo(self) -> int:
-        """Receptive radius, for :func:`nasflow.tiling.receptive_halo` (the fused convs are buffers)."""
-        from nasflow.tiling import cell_halo
+        """Receptive radius, for :func:`nasflow.infer.tiling.receptive_halo` (the fused convs are buffers)."""
+        from nasflow.infer.tiling import cell_halo
 
         return cell_halo(self._source)
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import graphviz
 
 from nasflow.errors import NasflowError
-from nasflow.genotype import GenoEdge, Genotype
+from nasflow.core.genotype import GenoEdge, Genotype
 
 if TYPE_CHECKING:
-    from nasflow.graph import CellGraph
-    from nasflow.space import CellSpace
+    from nasflow.core.graph import CellGraph
+    from nasflow.core.space import CellSpace
 
 INSTALL_HINT = (
     "install Graphviz to render pictures: apt-get install graphviz / brew install graphviz / "

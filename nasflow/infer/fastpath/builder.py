@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from nasflow.cell import Cell
-from nasflow.fastpath.analysis import Unsupported, _Group, _Loc, _Term, _linear_form, _place
-from nasflow.fastpath.conv import _lanes, _same_conv
+from nasflow.core.cell import Cell
+from nasflow.infer.fastpath.analysis import Unsupported, _Group, _Loc, _Term, _linear_form, _place
+from nasflow.infer.fastpath.conv import _lanes, _same_conv
 
 if TYPE_CHECKING:
-    from nasflow.fastpath.fused_cell import FusedCell
+    from nasflow.infer.fastpath.fused_cell import FusedCell
 
 
 class _Builder:

@@ -67,7 +67,7 @@ class ExportResult:
 
 def predict_module(spec: str | Path) -> PredictModule:
     """The module that is exported, rebuilt from a shipped name, a model file or a run folder."""
-    from nasflow.models import load_network
+    from nasflow.infer.models import load_network
 
     loaded = load_network(spec, device="cpu")
     task = loaded.task

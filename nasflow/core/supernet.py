@@ -1,7 +1,7 @@
 """Supernets: networks built from supercells, with architecture and weights kept apart.
 
 Weights belong to a label when they sit under a module tagged with that label (every
-:class:`~nasflow.cell.SuperCell` is tagged with its own; :func:`tag` tags anything else,
+:class:`~nasflow.core.cell.SuperCell` is tagged with its own; :func:`tag` tags anything else,
 e.g. a stem conv). Alphas are never weights.
 """
 
@@ -12,10 +12,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from nasflow.cell import ArchAlphas, SuperCell
+from nasflow.core.cell import ArchAlphas, SuperCell
 from nasflow.errors import SpaceError
-from nasflow.genotype import Genotype
-from nasflow.mixed import Relaxation
+from nasflow.core.genotype import Genotype
+from nasflow.core.mixed import Relaxation
 
 
 def tag(module: nn.Module, label: str) -> nn.Module:
@@ -102,11 +102,11 @@ class Supernet(nn.Module):
         return {label: torch.softmax(a.detach(), dim=-1) for label, a in self.arch.alphas.items()}
 
     def derive(self, rule: str | None = None) -> Genotype:
-        from nasflow.derive import derive
+        from nasflow.core.derive import derive
 
         return derive(self.arch, rule)
 
     def compile(self, genotype: Genotype) -> nn.Module:
-        from nasflow.compile import compile_model
+        from nasflow.core.compile import compile_model
 
         return compile_model(self, genotype)

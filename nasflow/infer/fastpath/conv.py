@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.fastpath.options import CL
-from nasflow.ops import same_size_conv
+from nasflow.infer.fastpath.options import CL
+from nasflow.core.ops import same_size_conv
 
 
 def _op(namespace: Any, name: str, overload: str | None = None) -> Any:
@@ -217,7 +217,7 @@ class FastConv(nn.Module):
         return conv2d(x, self.weight, self.bias, self.padding, self.dilation)
 
     def halo(self) -> int:
-        """Receptive radius, for :func:`nasflow.tiling.receptive_halo`."""
+        """Receptive radius, for :func:`nasflow.infer.tiling.receptive_halo`."""
         return self.padding
 
     def extra_repr(self) -> str:

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nasflow.cell import ArchAlphas
+from nasflow.core.cell import ArchAlphas
 
 if TYPE_CHECKING:
-    from nasflow.genotype import Genotype
+    from nasflow.core.genotype import Genotype
 
 __all__ = ["Writer", "NullWriter", "open_writer", "flatten_config", "arch_scalars", "genotype_markdown"]
 
@@ -62,7 +62,7 @@ def _find_arch(model_or_arch: nn.Module | ArchAlphas) -> ArchAlphas:
     arch = getattr(model_or_arch, "arch", None)
     if isinstance(arch, ArchAlphas):
         return arch
-    from nasflow.supernet import find_arch
+    from nasflow.core.supernet import find_arch
 
     return find_arch(model_or_arch)
 
@@ -92,7 +92,7 @@ def genotype_png_array(genotype: "Genotype") -> np.ndarray | None:
     import graphviz
     from PIL import Image
 
-    from nasflow.viz import genotype_digraph
+    from nasflow.core.viz import genotype_digraph
 
     try:
         data = genotype_digraph(genotype).pipe(format="png")

@@ -28,7 +28,7 @@ MODEL_KEYS = ("state_dict", "genotype", "config")
 
 @dataclass(frozen=True)
 class ShippedModel:
-    """A trained model that ships inside a package, registered under ``nasflow.models``.
+    """A trained model that ships inside a package, registered under the ``nasflow.models`` entry-point group.
 
     ``package``/``file``: where the weights are (``importlib.resources``); ``card``: its model card
     (Markdown, next to the weights) saying what data trained it, the exact command and metrics.
@@ -107,7 +107,7 @@ def resolve_model(spec: str | Path, notes: list[str] | None = None) -> Path:
 
 def read_model_file(path: str | Path) -> dict[str, Any]:
     """The plain-data content of a model file, checked for the keys a model needs."""
-    from nasflow.checkpoint import load_safe
+    from nasflow.run.checkpoint import load_safe
 
     path = Path(path)
     try:
@@ -125,10 +125,10 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 
 def load_network(spec: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Rebuild the compiled network of a model file (see the module docstring)."""
-    from nasflow.compile import compile_model
+    from nasflow.core.compile import compile_model
     from nasflow.config import from_dict
-    from nasflow.genotype import Genotype
-    from nasflow.runner import build_task
+    from nasflow.core.genotype import Genotype
+    from nasflow.run.runner import build_task
     from nasflow.schema import RunConfig
 
     notes: list[str] = []
