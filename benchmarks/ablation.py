@@ -201,7 +201,7 @@ def planned_split(cfg: Any, held_out: set[str], where: str) -> list[str]:
     """The training files a stage will read, checked before it runs."""
     import torch
 
-    from nasflow.run.runner import build_task
+    from nasflow.task import build_task
 
     train = build_task(cfg, torch.device("cpu"), trusted=True).split_lists()["train"]
     check_split(train, held_out, where)

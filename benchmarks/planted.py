@@ -48,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nasflow.run.runner import _Progress, build_task, load_run_config, search, seed_everything  # noqa: E402
+from nasflow.run.runner import _Progress, load_run_config, search, seed_everything  # noqa: E402
+from nasflow.task import build_task  # noqa: E402
 
 # (strategy, hypergradient); random search and GDAS ignore / use first order.
 METHODS: tuple[tuple[str, str], ...] = (

@@ -146,7 +146,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     total = args.warmup + args.steps
     layout = resolve_memory_format(args.memory_format, device)
     if args.model == "ruas":
-        from nasflow.run.runner import build_task, load_run_config
+        from nasflow.run.runner import load_run_config
+        from nasflow.task import build_task
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         cfg = load_run_config(os.path.join(root, "tasks", "ruas.yaml"),

@@ -39,7 +39,7 @@ def pipeline(args: argparse.Namespace, cache: bool) -> tuple[float, float]:
     """Images/s of the first epoch and of the mean later epoch."""
     import torch
 
-    from nasflow.run.runner import build_task
+    from nasflow.task import build_task
 
     task = build_task(config(args, cache), torch.device("cpu"), trusted=True)
     n = len(task.train_set)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from nasflow.errors import RegistryError
+from nasflow.errors import ConfigError, RegistryError
 
 T = TypeVar("T")
 
@@ -159,6 +159,15 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+
+def resolve(registry: Registry[T], name: str, key: str) -> T:
+    """``registry.get(name)`` for the config key ``key``: an unknown name is a ConfigError naming it."""
+    try:
+        return registry.get(name)
+    except RegistryError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 # -- the engine's registries ---------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""The task plugin interface: what a task gives the engine (data, supernet, losses, metrics)."""
+"""The task plugin interface: what a task gives the engine (data, supernet, losses, metrics).
+
+Serving images is not part of it: tasks whose networks map images to images also implement
+:class:`nasflow.infer.image_task.ImageToImage` (``predict``, optionally ``inference_network`` and ``halo``).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import torch
 from torch import nn
 
+from nasflow.config import from_dict, import_paths_in
 from nasflow.core.genotype import Genotype
 from nasflow.core.supernet import Supernet
+from nasflow.errors import ConfigError
+from nasflow.registries import TASKS, resolve
+from nasflow.schema import RunConfig
 
 Batch = Any
 TermsFn = Callable[[nn.Module, Batch], Mapping[str, torch.Tensor]]
@@ -109,28 +117,29 @@ class Task(ABC):
     def export(self, model: nn.Module, genotype: Genotype, run_dir: Path) -> None:
         """Task-specific files for the run folder after :meth:`evaluate` (tables, pictures, splits)."""
 
-    # -- inference (tasks whose networks map images to images) -------------------------------------
-    def predict(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """The model's output image for an NCHW batch in [0, 1], clamped to [0, 1].
 
-        Tasks whose networks map images to images implement this; it is what ``nasflow enhance``
-        and :func:`nasflow.load_model` call, on whole images or on tiles.
-        """
-        raise NotImplementedError(f"task '{self.name}' does not map images to images")
+def task_class(name: str) -> type[Task]:
+    """The task class a config's ``task`` names (a registered name or ``module:attr``)."""
+    cls = resolve(TASKS, name, "task")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"task: {name!r} is not a task (a subclass of nasflow.task.Task)")
+    return cls
 
-    def inference_network(self, model: nn.Module) -> nn.Module:
-        """The network :meth:`predict` runs at inference (default: the compiled network itself).
 
-        Tasks may return a faster module with the same function (fused, re-parameterised).
-        """
-        return model
+def build_task(cfg: RunConfig, device: torch.device, *, trusted: bool = False) -> Task:
+    """The config's task, built on ``device``.
 
-    def halo(self, model: nn.Module) -> int:
-        """How far an output pixel sees into the input (an upper bound), for exact tiling.
-
-        The default bounds every module it can read (convolutions, pooling, cells); tasks with
-        other spatial operations in their forward pass add those.
-        """
-        from nasflow.infer.tiling import receptive_halo
-
-        return receptive_halo(model)
+    Task options may name plugins as ``module:attr`` import paths (a space, candidate ops) only
+    when ``trusted``: the runner passes it for the user's own config. Without it (the default,
+    e.g. for the config inside a model file) such a name is refused, so that loading a file never
+    imports code.
+    """
+    if not trusted:
+        paths = import_paths_in(cfg.task_options)
+        if paths or ":" in cfg.task:
+            named = (paths or [cfg.task])[0]
+            raise ConfigError(f"task_options: {named!r} is an import path; only a config you run may name code to "
+                              "import (plugins in files must be registered, e.g. as entry points)")
+    cls = task_class(cfg.task)
+    options = from_dict(cls.Options, cfg.task_options, "task_options") if cls.Options is not dict else cfg.task_options
+    return cls(options, seed=cfg.seed, device=device)

@@ -179,7 +179,9 @@ def test_supernet_compile_method_equals_compile_model(iem_net, distill_space) ->
     set_onehot(iem_net, distill_space, genotype)
     x = _x(3, 0)
     with torch.no_grad():
-        torch.testing.assert_close(iem_net.compile(genotype)(x), compile_model(iem_net, genotype)(x), rtol=0, atol=0)
+        torch.testing.assert_close(iem_net.compile_genotype(genotype)(x), compile_model(iem_net, genotype)(x), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="compile_genotype"):  # .compile keeps nn.Module's meaning
+        iem_net.compile(genotype)
 
 
 # -- errors --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import torch
 
 from nasflow.errors import ConfigError
 from nasflow.run.layout import batch_to, resolve_memory_format
-from nasflow.run.runner import _Progress, build_task, load_run_config, search
+from nasflow.run.runner import _Progress, load_run_config, search
+from nasflow.task import build_task
 
 CL = torch.channels_last
 

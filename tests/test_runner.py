@@ -64,7 +64,8 @@ def test_unknown_task_option_is_reported_with_its_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize("hypergradient", ["first_order", "finite_difference"])
 def test_search_lowers_the_validation_loss_of_the_supernet(hypergradient: str) -> None:
     """A real (tiny) first- or second-order search on the demo task lowers the validation loss."""
-    from nasflow.run.runner import build_task, search, _Progress
+    from nasflow.run.runner import search, _Progress
+    from nasflow.task import build_task
 
     cfg = load_run_config("demo", TINY[1:] + ["search.epochs=6", f"search.hypergradient={hypergradient}"])
     torch.manual_seed(0)

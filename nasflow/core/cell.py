@@ -1,4 +1,5 @@
-"""Cell modules: the generic graph evaluator, its searchable form, and label-shared alphas."""
+"""Cell modules: the generic graph evaluator, its searchable form, label-shared alphas, and the
+helpers that find them in a model (used by the supernet and by compilation alike)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,21 @@ class SuperCell(Cell):
         if active is None:
             return self._run(inputs, lambda row, name, x: self.edges[name](x, weights[row]))
         return self._run(inputs, lambda row, name, x: self.edges[name](x, weights[row], active[row]))
+
+
+# -- finding cells and alphas in a model --------------------------------------------------------------
+def tag(module: nn.Module, label: str) -> nn.Module:
+    """Mark ``module``'s weights as belonging to ``label`` (for per-label optimizers)."""
+    module.nas_label = label  # type: ignore[assignment]
+    return module
+
+
+def find_arch(model: nn.Module) -> ArchAlphas:
+    found = [m for m in model.modules() if isinstance(m, ArchAlphas)]
+    if len(found) != 1:
+        raise SpaceError(f"a supernet must hold exactly one ArchAlphas module, found {len(found)}")
+    return found[0]
+
+
+def supercells(model: nn.Module, label: str | None = None) -> list[SuperCell]:
+    return [m for m in model.modules() if isinstance(m, SuperCell) and (label is None or m.nas_label == label)]

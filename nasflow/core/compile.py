@@ -7,12 +7,11 @@ from typing import Any
 
 from torch import nn
 
-from nasflow.core.cell import ArchAlphas, Cell, SuperCell
+from nasflow.core.cell import ArchAlphas, Cell, SuperCell, find_arch, supercells, tag
 from nasflow.errors import GenotypeError
 from nasflow.core.genotype import Genotype
 from nasflow.core.graph import validate_edges
 from nasflow.core.space import CellSpace
-from nasflow.core.supernet import find_arch, supercells, tag
 
 
 def compile_cell(space: CellSpace, genotype: Genotype, label: str, channels: int, **cell_options: Any) -> Cell:

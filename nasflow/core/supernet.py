@@ -7,28 +7,15 @@ e.g. a stem conv). Alphas are never weights.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from nasflow.core.cell import ArchAlphas, SuperCell
+from nasflow.core.cell import ArchAlphas, find_arch, supercells, tag  # noqa: F401  (tag: importable from here too)
 from nasflow.errors import SpaceError
 from nasflow.core.genotype import Genotype
 from nasflow.core.mixed import Relaxation
-
-
-def tag(module: nn.Module, label: str) -> nn.Module:
-    """Mark ``module``'s weights as belonging to ``label`` (for per-label optimizers)."""
-    module.nas_label = label  # type: ignore[assignment]
-    return module
-
-
-def find_arch(model: nn.Module) -> ArchAlphas:
-    found = [m for m in model.modules() if isinstance(m, ArchAlphas)]
-    if len(found) != 1:
-        raise SpaceError(f"a supernet must hold exactly one ArchAlphas module, found {len(found)}")
-    return found[0]
 
 
 def _label_of(prefix: str, labels: dict[str, str]) -> str | None:
@@ -63,10 +50,6 @@ def arch_parameters(model: nn.Module, label: str | None = None) -> list[nn.Param
     if label not in arch.alphas:
         raise SpaceError(f"no alpha labelled '{label}' (labels: {', '.join(arch.labels)})")
     return [arch.alphas[label]]
-
-
-def supercells(model: nn.Module, label: str | None = None) -> list[SuperCell]:
-    return [m for m in model.modules() if isinstance(m, SuperCell) and (label is None or m.nas_label == label)]
 
 
 def set_relaxation(model: nn.Module, relaxation: Relaxation, label: str | None = None) -> None:
@@ -106,7 +89,20 @@ class Supernet(nn.Module):
 
         return derive(self.arch, rule)
 
-    def compile(self, genotype: Genotype) -> nn.Module:
+    def compile_genotype(self, genotype: Genotype) -> nn.Module:
+        """The plain network of ``genotype`` (:func:`nasflow.core.compile.compile_model`)."""
         from nasflow.core.compile import compile_model
 
         return compile_model(self, genotype)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        """``nn.Module.compile`` (``torch.compile`` in place); a genotype is refused with the way to it.
+
+        ``Supernet.compile(genotype)`` once built the plain network; that is now
+        :meth:`compile_genotype` (or :func:`nasflow.core.compile.compile_model`), so that this
+        name keeps torch's meaning.
+        """
+        if args and isinstance(args[0], Genotype):
+            raise TypeError("Supernet.compile(genotype) is now supernet.compile_genotype(genotype) (or "
+                            "nasflow.core.compile.compile_model(supernet, genotype)); .compile() is torch.compile")
+        super().compile(*args, **kwargs)

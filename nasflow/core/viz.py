@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import graphviz
 
+from nasflow.atomic import write_bytes_atomic, write_text_atomic
 from nasflow.errors import NasflowError
 from nasflow.core.genotype import GenoEdge, Genotype
 
@@ -221,7 +222,7 @@ def write_genotype_picture(
 
     digraph = genotype_digraph(genotype)
     base.parent.mkdir(parents=True, exist_ok=True)
-    result.dot_path.write_text(digraph.source, encoding="utf-8")
+    write_text_atomic(result.dot_path, digraph.source)
     if not wanted:
         return result
     if shutil.which("dot") is None:
@@ -240,7 +241,7 @@ def write_genotype_picture(
             problems.append(f"dot could not render {fmt}: {first}")
             continue
         path = _sibling(base, fmt)
-        path.write_bytes(data)
+        write_bytes_atomic(path, data)
         result.rendered.append(path)
     if problems:
         result.hint = "; ".join(problems) + "; the .dot file was written"

@@ -13,8 +13,6 @@ deletes the file and raises.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from nasflow.atomic import atomic_temp
 from nasflow.errors import ConfigError, NasflowError
 
 FORMATS = ("torchscript", "onnx")
@@ -69,8 +68,10 @@ def predict_module(spec: str | Path) -> PredictModule:
     """The module that is exported, rebuilt from a shipped name, a model file or a run folder."""
     from nasflow.infer.models import load_network
 
+    from nasflow.infer.image_task import image_task
+
     loaded = load_network(spec, device="cpu")
-    task = loaded.task
+    task = image_task(loaded.task, str(loaded.source))
     module = PredictModule(task, loaded.network).eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -80,18 +81,6 @@ def predict_module(spec: str | Path) -> PredictModule:
     except NotImplementedError as exc:
         raise ConfigError(f"{loaded.source}: {exc}; only image-to-image models can be exported") from None
     return module
-
-
-def _temp_beside(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _write_torchscript(module: nn.Module, tmp: Path) -> None:
@@ -175,19 +164,14 @@ def export_model(spec: str | Path, out: str | Path, fmt: str = "torchscript", ov
     if fmt == "onnx":
         _require_onnx()
     module = predict_module(spec)
-    tmp = _temp_beside(out)
-    try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_temp(out, private=True) as tmp:  # checked before it replaces anything; removed on failure
         (_write_onnx if fmt == "onnx" else _write_torchscript)(module, tmp)
-        _fsync(tmp)
         run, how = (_load_onnx if fmt == "onnx" else _load_torchscript)(tmp)
         diff = check_export(module, run) if run is not None else float("nan")
         if not diff <= tolerance and run is not None:
             raise ExportCheckFailed(f"exported {fmt} model differs from the model (max abs diff {diff:.3g} > "
                                     f"{tolerance:g}); nothing written to {out}")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return ExportResult(path=out, format=fmt, max_abs_diff=diff, checked_with=how, size_bytes=out.stat().st_size)
 
 

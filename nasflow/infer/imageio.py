@@ -24,7 +24,6 @@ import contextlib
 import glob
 import os
 import re
-import secrets
 import stat
 import struct
 import warnings
@@ -37,6 +36,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from nasflow.atomic import write_atomic
 from nasflow.errors import NasflowError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -577,7 +577,7 @@ def write_image(
     encode = _encoder(planes, pil_format, bit_depth, quality)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, encode)
+        write_atomic(path, encode)
     except OSError as exc:
         raise ImageError(path, f"cannot write ({_reason(exc)})") from exc
     return path
@@ -644,30 +644,6 @@ def _pil_8bit(samples: np.ndarray, pil_format: str) -> Image.Image:
     if pil_format == "WEBP" and mode in ("L", "LA"):
         image = image.convert("RGBA" if mode == "LA" else "RGB")
     return image
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to ``.NAME.XXXX.tmp`` beside ``path``, fsync, then rename over it.
-
-    A crash at any moment leaves the old file or the new one, never a mix; on any failure
-    the temporary file is removed. The temp file is created with mode 0o666 so that the
-    umask applies as for any new file (``mkstemp`` would make results private, 0o600).
-    """
-    prefix = path.name[:100]
-    while len(os.fsencode(prefix)) > 100:  # a long non-ASCII name: keep the temp name within NAME_MAX
-        prefix = prefix[:-1]
-    temp = path.with_name(f".{prefix}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

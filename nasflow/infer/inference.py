@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from nasflow.errors import ConfigError
+from nasflow.search.distributed import pick_device
+from nasflow.infer.image_task import halo as halo_of, image_task, inference_network as inference_network_of
 from nasflow.infer.models import LoadedModel, load_network
 from nasflow.infer.tiling import DEFAULT_TILE, NotTileable, tiled_apply
 
@@ -37,18 +39,6 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"--precision {name} needs a CUDA device: on a {device.type} it is no faster than the "
                           f"float32 fast path, and less exact (use --precision fp32 or --device cuda)")
     return PRECISIONS[name]
-
-
-def pick_inference_device(name: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but this machine has no CUDA device (use auto or cpu)")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 class Enhancer:
@@ -71,15 +61,15 @@ class Enhancer:
         self.dtype = pick_precision(precision, device)
         self.precision = precision
         self.loaded = loaded
-        self.task = loaded.task
+        self.task = image_task(loaded.task, str(loaded.source))
         self.device = device
         self.tile = tile
         # torch.compile fuses on its own: it gets the plain module (8.6 ms per 1920x1080 frame in fp16 on an
         # H200 against 12.5 for the compiled fast path); otherwise the task's fast inference network
-        base = loaded.network if compile else self.task.inference_network(loaded.network)
+        base = loaded.network if compile else inference_network_of(self.task, loaded.network)
         self.network: nn.Module = base.to(device, self.dtype).eval()
         try:
-            self.halo: int | None = int(self.task.halo(loaded.network))
+            self.halo: int | None = halo_of(self.task, loaded.network)
         except NotTileable:
             self.halo = None  # whole images only
         use_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs and device.type == "cuda"
@@ -154,7 +144,7 @@ def load_model(model: str | Path, *, device: str | torch.device = "auto", tile: 
 
     ``precision`` (fp32, or fp16/bf16 on CUDA), ``cuda_graphs`` and ``compile`` are described at :class:`Enhancer`.
     """
-    dev = pick_inference_device(device)
+    dev = pick_device(device, "--device")
     pick_precision(precision, dev)  # a bad precision fails before the model is read
     return Enhancer(load_network(model, device=dev), dev, tile=tile, precision=precision, cuda_graphs=cuda_graphs,
                     compile=compile)

@@ -128,7 +128,7 @@ def load_network(spec: str | Path, device: torch.device | str = "cpu") -> Loaded
     from nasflow.core.compile import compile_model
     from nasflow.config import from_dict
     from nasflow.core.genotype import Genotype
-    from nasflow.run.runner import build_task
+    from nasflow.task import build_task
     from nasflow.schema import RunConfig
 
     notes: list[str] = []

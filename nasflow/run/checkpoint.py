@@ -5,8 +5,8 @@ Safety: every torch file is loaded with ``weights_only=True``, torch's restricte
 which builds tensors and plain containers only; a file that would construct any other object
 (e.g. a crafted pickle calling ``os.system`` or ``open``) is refused before anything runs.
 
-Durability: a file is written under a temporary name, fsynced, then renamed over its target, so a
-kill at any moment leaves the old file or the new one. A run keeps two checkpoints,
+Durability: every file goes through :mod:`nasflow.atomic` (a temporary name, fsync, a rename over
+its target), so a kill at any moment leaves the old file or the new one. A run keeps two checkpoints,
 ``checkpoints/last.ckpt`` and the one before it, ``checkpoints/prev.ckpt``; a resume tries them
 newest first (:func:`load_latest`) and says which it used.
 """
@@ -18,9 +18,7 @@ import errno
 import os
 import pickle
 import random
-import secrets
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from nasflow.atomic import write_text_atomic  # noqa: F401  (re-exported: callers import it from here)
+from nasflow.atomic import temp_beside, write_atomic, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
 from nasflow.errors import CheckpointError, RunLockedError
 
 LAST, PREV = "last.ckpt", "prev.ckpt"
@@ -37,24 +35,14 @@ LOCK_NAME = ".nasflow.lock"
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over it.
+    """``torch.save`` to ``path`` through :func:`nasflow.atomic.write_atomic` (private, 0o600).
 
     A crash or kill at any moment leaves either the previous file or the new one, never a
-    truncated mix (rename is atomic on POSIX and Windows within one folder).
+    truncated mix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda f: torch.save(obj, f), private=True)
 
 
 def save_rotating(obj: Any, folder: str | Path) -> Path:
@@ -68,18 +56,12 @@ def save_rotating(obj: Any, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     last, prev = folder / LAST, folder / PREV
-    fd, tmp = tempfile.mkstemp(prefix=f".{LAST}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def keep_previous() -> None:
         if last.is_file():
             _link_or_copy(last, prev)
-        os.replace(tmp, last)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(last, lambda f: torch.save(obj, f), private=True, before_replace=keep_previous)
     _fsync_dir(folder)
     return last
 
@@ -89,7 +71,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     with contextlib.suppress(OSError):
         if os.path.samefile(src, dst):  # already (a kill between the two renames of a rotation)
             return
-    temp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+    temp = temp_beside(dst)
     try:
         try:
             os.link(src, temp)

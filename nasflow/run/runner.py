@@ -45,8 +45,8 @@ from nasflow.run.checkpoint import (
     save_atomic,
     save_rotating,
     set_rng_state,
-    write_text_atomic,
 )
+from nasflow.atomic import write_atomic, write_text_atomic
 from nasflow.core.compile import compile_model
 from nasflow.config import (
     apply_overrides,
@@ -65,6 +65,7 @@ from nasflow.search.distributed import (
     broadcast_object,
     gather_digests,
     init_distributed,
+    pick_device,
     shard,
     shutdown,
 )
@@ -78,10 +79,10 @@ from nasflow.errors import (
 )
 from nasflow.core.genotype import Genotype
 from nasflow.run.layout import batch_to, resolve_memory_format
-from nasflow.registries import DERIVE_RULES, HYPERGRADIENTS, STRATEGIES, TASKS
+from nasflow.registries import DERIVE_RULES, HYPERGRADIENTS, STRATEGIES, resolve
 from nasflow.schema import RunConfig
 from nasflow.search.strategy import Strategy
-from nasflow.task import Task
+from nasflow.task import Task, build_task, task_class
 from nasflow.run.tb import open_writer
 
 log = logging.getLogger("nasflow")
@@ -104,45 +105,28 @@ def load_run_config(spec: str | Path, overrides: list[str] | None = None) -> Run
     return from_dict(RunConfig, data)
 
 
-def _resolve(registry: Any, name: str, key: str) -> Any:
-    try:
-        return registry.get(name)
-    except RegistryError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-
-
 def check_config(cfg: RunConfig) -> None:
     """Resolve every plugin the config names and validate the task's options, before anything
     is built or written; every problem is a :class:`ConfigError` naming its key."""
-    task_cls = _resolve(TASKS, cfg.task, "task")
-    if not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
-        raise ConfigError(f"task: {cfg.task!r} is not a task (a subclass of nasflow.task.Task)")
+    task_cls = task_class(cfg.task)
     if task_cls.Options is not dict:
         from_dict(task_cls.Options, cfg.task_options, "task_options")
-    strategy_cls = _resolve(STRATEGIES, cfg.search.strategy, "search.strategy")
+    strategy_cls = resolve(STRATEGIES, cfg.search.strategy, "search.strategy")
     if not (isinstance(strategy_cls, type) and issubclass(strategy_cls, Strategy)):
         raise ConfigError(f"search.strategy: {cfg.search.strategy!r} is not a strategy "
                           "(a subclass of nasflow.search.strategy.Strategy)")
-    _resolve(HYPERGRADIENTS, cfg.search.hypergradient, "search.hypergradient")
+    resolve(HYPERGRADIENTS, cfg.search.hypergradient, "search.hypergradient")
     for name, group in cfg.search.groups.items():
         if group.hypergradient:
-            _resolve(HYPERGRADIENTS, group.hypergradient, f"search.groups.{name}.hypergradient")
+            resolve(HYPERGRADIENTS, group.hypergradient, f"search.groups.{name}.hypergradient")
     if cfg.search.derive_rule:
-        _resolve(DERIVE_RULES, cfg.search.derive_rule, "search.derive_rule")
+        resolve(DERIVE_RULES, cfg.search.derive_rule, "search.derive_rule")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available (use device: auto or cpu)")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def make_run_dir(out: str | Path | None, task: str) -> Path:
@@ -160,27 +144,6 @@ def make_run_dir(out: str | Path | None, task: str) -> Path:
             raise ConfigError(f"run folder {path} already exists and is not empty; choose another --out")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def build_task(cfg: RunConfig, device: torch.device, *, trusted: bool = False) -> Task:
-    """The config's task, built on ``device``.
-
-    Task options may name plugins as ``module:attr`` import paths (a space, candidate ops) only
-    when ``trusted``: the runner passes it for the user's own config. Without it (the default,
-    e.g. for the config inside a model file) such a name is refused, so that loading a file never
-    imports code.
-    """
-    if not trusted:
-        paths = import_paths_in(cfg.task_options)
-        if paths or ":" in cfg.task:
-            named = (paths or [cfg.task])[0]
-            raise ConfigError(f"task_options: {named!r} is an import path; only a config you run may name code to "
-                              "import (plugins in files must be registered, e.g. as entry points)")
-    cls = _resolve(TASKS, cfg.task, "task")
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ConfigError(f"task: {cfg.task!r} is not a task (a subclass of nasflow.task.Task)")
-    options = from_dict(cls.Options, cfg.task_options, "task_options") if cls.Options is not dict else cfg.task_options
-    return cls(options, seed=cfg.seed, device=device)
 
 
 @dataclass
@@ -322,7 +285,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
     weight_batches, arch_batches = task.search_batches()
     steps = min(len(shard(list(weight_batches), ctx)), len(shard(list(arch_batches), ctx)))
     try:
-        strategy = _resolve(STRATEGIES, cfg.search.strategy, "search.strategy")(model, task, cfg.search, steps)
+        strategy = resolve(STRATEGIES, cfg.search.strategy, "search.strategy")(model, task, cfg.search, steps)
     except NasflowError:
         raise
     except ValueError as exc:  # optimizer settings torch refuses (e.g. betas outside [0, 1))
@@ -684,8 +647,6 @@ def _save_samples(samples: dict[str, torch.Tensor], folder: Path) -> None:
     written under a temporary name and renamed."""
     from PIL import Image
 
-    from nasflow.infer.imageio import _write_atomic
-
     for name, image in samples.items():
         batch = image.detach().float().cpu().clamp(0, 1)
         batch = batch.unsqueeze(0) if batch.dim() == 3 else batch
@@ -694,7 +655,7 @@ def _save_samples(samples: dict[str, torch.Tensor], folder: Path) -> None:
             array = (chw.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
             suffix = f"_{i}" if len(batch) > 1 else ""
             image = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
-            _write_atomic(folder / f"{name}{suffix}.png", lambda f, image=image: image.save(f, format="PNG"))
+            write_atomic(folder / f"{name}{suffix}.png", lambda f, image=image: image.save(f, format="PNG"))
 
 
 def _write_json(path: Path, data: Any) -> None:

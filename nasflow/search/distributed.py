@@ -71,21 +71,32 @@ def _env_int(name: str, default: int) -> int:
     return default if value in (None, "") else int(value)
 
 
+def pick_device(name: str | torch.device, key: str = "device") -> torch.device:
+    """The one device picker: ``auto`` -> CUDA when available, else the CPU; ``cpu``; ``cuda`` or
+    ``cuda:N``. Anything else, or CUDA on a machine without it, is a ConfigError naming ``key``."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and name != "cuda" and not name.startswith("cuda:"):
+        raise ConfigError(f"{key}: expected auto, cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{key}: {name!r} was asked for but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
 def init_distributed(device_pref: str = "auto") -> DistContext:
     """Join the ``torchrun`` job if there is one (env ``WORLD_SIZE`` > 1), else a disabled context.
 
     ``device_pref`` is the run config's ``device`` (``auto`` | ``cpu`` | ``cuda``): CUDA runs use
     NCCL on ``cuda:LOCAL_RANK``, CPU runs use gloo. Without torchrun (or with one process) the
-    context is disabled and its device is what :func:`nasflow.run.runner.pick_device` would choose.
+    context is disabled and its device is what :func:`pick_device` chooses.
     """
     if device_pref not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device: expected auto, cpu or cuda, got {device_pref!r}")
-    want_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available (use device: auto or cpu)")
+    want_cuda = pick_device(device_pref).type == "cuda"
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:
-        return DistContext(device=torch.device("cuda" if want_cuda else "cpu"))
+        return DistContext(device=pick_device(device_pref))
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if want_cuda:

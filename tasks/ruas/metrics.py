@@ -18,6 +18,7 @@ values in ``[0, 1]``, converted with :func:`to_uint8`) or an 8-bit ``(H, W, C)``
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from nasflow.atomic import write_atomic, write_text_atomic
 
 __all__ = [
     "PSNR_CAP_DB",
@@ -294,13 +297,14 @@ def write_csv(
                 fields.append(k)
     if not fields:
         fields = ["name"]
-    with p.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(fields)
-        for r in rows:
-            w.writerow([_cell(r.get(k)) for k in fields])
-        if means is not None:
-            w.writerow(["mean" if k == "name" else _cell(means.get(k)) for k in fields])
+    fh = io.StringIO(newline="")
+    w = csv.writer(fh)
+    w.writerow(fields)
+    for r in rows:
+        w.writerow([_cell(r.get(k)) for k in fields])
+    if means is not None:
+        w.writerow(["mean" if k == "name" else _cell(means.get(k)) for k in fields])
+    write_text_atomic(p, fh.getvalue())  # whole, atomically
     return p
 
 
@@ -398,5 +402,5 @@ def contact_sheet(
         y += h + SHEET_PAD
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(p, format="PNG")
+    write_atomic(p, lambda f: sheet.save(f, format="PNG"))
     return p

@@ -391,7 +391,7 @@ def run_config(use_nrm: bool, variant: str = "cvpr") -> dict[str, Any]:
 
 def _rebuild(saved: Mapping[str, Any]) -> torch.nn.Module:
     """The network of a model file, rebuilt as ``nasflow.run.runner.evaluate_run`` does (strict load)."""
-    from nasflow.run.runner import build_task
+    from nasflow.task import build_task
 
     cfg = from_dict(RunConfig, saved["config"])
     task = build_task(cfg, torch.device("cpu"))

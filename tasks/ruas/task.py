@@ -307,6 +307,7 @@ class RUASTask(Task):
         """per_image.csv, contact_sheet.png (input | output | reference) and splits.json."""
         import json
 
+        from nasflow.atomic import write_text_atomic
         from nasflow.tasks.ruas.metrics import contact_sheet, write_csv
 
         outputs, rows, means = getattr(self, "_last", None) or (None, None, None)
@@ -315,7 +316,7 @@ class RUASTask(Task):
             outputs, rows, means = self._last
         write_csv(rows, run_dir / "per_image.csv", means)
         contact_sheet([(name, [low, out, high]) for name, out, high, low in outputs[:8]], run_dir / "contact_sheet.png")
-        (run_dir / "splits.json").write_text(json.dumps(self.split_lists(), indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(run_dir / "splits.json", json.dumps(self.split_lists(), indent=1) + "\n")
 
     def split_lists(self) -> dict[str, list[str]]:
         """Which images trained and which evaluated: written out so figures can be reproduced."""

@@ -192,7 +192,7 @@ def test_base_include_loops_and_bad_bases(tmp_path: Path) -> None:
 # -- genotypes ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def demo_supernet() -> torch.nn.Module:
-    from nasflow.run.runner import build_task
+    from nasflow.task import build_task
 
     cfg = load_run_config("demo", ["task_options.train_samples=2", "task_options.val_samples=2", "task_options.size=4"])
     return build_task(cfg, torch.device("cpu")).build_supernet()

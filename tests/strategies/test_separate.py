@@ -13,7 +13,8 @@ import torch
 
 from nasflow.errors import ConfigError
 from nasflow.registries import STRATEGIES
-from nasflow.run.runner import _Progress, build_task, load_run_config, search
+from nasflow.run.runner import _Progress, load_run_config, search
+from nasflow.task import build_task
 from nasflow.core.supernet import named_weight_parameters
 
 TINY = ["task_options.variants=1", "task_options.crop=24", "task_options.batch_size=2", "task_options.nrm_every=1",

@@ -1,29 +1,78 @@
-"""Planning a fused cell: :class:`_Builder` turns a Cell's graph and ops into a program of fused steps."""
+"""Planning a fused cell: :func:`plan` turns a Cell's graph and ops into a :class:`Program`.
+
+The program is plain data (steps over numbered slots, the weights they name, the modules run as
+they are); :class:`~nasflow.infer.fastpath.fused_cell.FusedCell` registers its weights as buffers
+and runs it. The builder knows nothing of FusedCell.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from nasflow.core.cell import Cell
-from nasflow.infer.fastpath.analysis import Unsupported, _Group, _Loc, _Term, _linear_form, _place
-from nasflow.infer.fastpath.conv import _lanes, _same_conv
+from nasflow.infer.fastpath.analysis import Unsupported, _act_spec, _Group, _Loc, _Term, _linear_form, _place
+from nasflow.infer.fastpath.conv import _lanes, _same_conv, pack_choices
+from nasflow.infer.fastpath.options import FastOptions
 
-if TYPE_CHECKING:
-    from nasflow.infer.fastpath.fused_cell import FusedCell
+
+@dataclass(frozen=True)
+class Weight:
+    """A conv weight the steps name ``w<i>`` (its bias ``b<i>``), with its width packings ``w<i>p<P>``."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    dilation: int
+    packs: tuple[int, ...]
+
+
+@dataclass
+class Program:
+    """A fused cell's plan: ``steps`` (see :class:`~nasflow.infer.fastpath.fused_cell.FusedCell`)
+    over ``n_slots`` slots, ending in ``output_slot``; ``weights[i]`` is ``w<i>``/``b<i>``;
+    ``opaque``: edge ops run as they are; ``post_module``: the cell's output module, if run."""
+
+    channels_last: bool
+    steps: list[tuple] = field(default_factory=list)
+    weights: list[Weight] = field(default_factory=list)
+    n_slots: int = 0
+    output_slot: int = -1
+    opaque: dict[str, nn.Module] = field(default_factory=dict)
+    post_module: nn.Module | None = None
+
+    def new_slot(self) -> int:
+        self.n_slots += 1
+        return self.n_slots - 1
+
+    def add_weight(
+        self, w: torch.Tensor, b: torch.Tensor | None, dil: int = 1, pack: bool = False
+    ) -> tuple[str, str | None, tuple[int, ...]]:
+        """Name ``w`` (and ``b``); with ``pack`` (channels-last only), also its width-packed forms."""
+        i = len(self.weights)
+        c_out, c_in, k, _ = w.shape
+        packs = pack_choices(c_in, c_out, k, dil) if pack and self.channels_last else ()
+        self.weights.append(Weight(w, b, dil, packs))
+        return f"w{i}", None if b is None else f"b{i}", packs
+
+
+def plan(cell: Cell, options: FastOptions, entry_block: bool = False) -> Program:
+    """The fused program of ``cell`` (raises :class:`Unsupported` to fall back to the cell)."""
+    builder = _Builder(cell, options, entry_block)
+    builder.build()
+    return builder.prog
 
 
 class _Builder:
-    """Turns a Cell's graph and ops into a FusedCell program (raises Unsupported to fall back)."""
+    """Turns a Cell's graph and ops into a :class:`Program` (raises Unsupported to fall back)."""
 
-    def __init__(self, fused: FusedCell, cell: Cell, entry_block: bool = False) -> None:
-        self.f = fused
+    def __init__(self, cell: Cell, options: FastOptions, entry_block: bool = False) -> None:
+        self.prog = Program(options.channels_last)
         self.entry_block = entry_block
         self.cell = cell
         self.g = cell.graph
-        self.opt = fused.options
+        self.opt = options
         self.order = {n: i for i, n in enumerate(self.g.node_names)}
         self.loc: dict[str, _Loc] = {}
         self.chan: dict[str, int | None] = {n: None for n in self.g.node_names}
@@ -36,7 +85,8 @@ class _Builder:
         self.partial = False  # decided once channels are known
         # value of node = factor * (what its location holds): a positive scale pushed into readers
         self.factor: dict[str, float] = {n: 1.0 for n in self.g.node_names}
-        self.homogeneous = fused._act is None or fused._act[0] in ("leaky", "relu")
+        act = _act_spec(cell.act)
+        self.homogeneous = act is None or act[0] in ("leaky", "relu")
         self.acc_slot: int | None = None
         self.pending = [o for o in dict.fromkeys(self.g.output)]  # output nodes not yet accumulated
 
@@ -195,7 +245,7 @@ class _Builder:
 
     # -- emitting ----------------------------------------------------------------------------------------
     def emit(self, step: tuple) -> None:
-        self.f.steps.append(step)
+        self.prog.steps.append(step)
 
     def whole_slot(self, node: str) -> int:
         """A slot holding exactly ``node``'s value (a contiguous copy of a slice if needed)."""
@@ -203,7 +253,7 @@ class _Builder:
         if loc.whole:
             return loc.slot
         if node not in self.copies:
-            out = self.f._new_slot()
+            out = self.prog.new_slot()
             self.emit(("copy", loc.slot, loc.start, loc.stop, out))
             self.slot_chan[out] = loc.stop - loc.start
             self.copies[node] = out
@@ -214,7 +264,7 @@ class _Builder:
         slot = self.whole_slot(node)
         if self.factor[node] == 1.0:
             return slot
-        out = self.f._new_slot()
+        out = self.prog.new_slot()
         self.emit(("scale", slot, self.factor[node], out, False, False))
         self.slot_chan[out] = self.slot_chan.get(slot)
         return out
@@ -233,8 +283,8 @@ class _Builder:
         in_slot, weight = self.conv_input(src, weight)
         k = weight.shape[-1]
         dil = dil if k > 1 else 1
-        w, b, packs = self.f._add_weight(weight, bias, dil, pack=True)
-        out = self.f._new_slot()
+        w, b, packs = self.prog.add_weight(weight, bias, dil, pack=True)
+        out = self.prog.new_slot()
         self.emit(("conv", in_slot, w, b, dil * (k - 1) // 2, dil, out, act, packs))
         self.slot_chan[out] = weight.shape[0]
         return out
@@ -282,7 +332,7 @@ class _Builder:
         if coef == 1.0 and not act:
             self.loc[node] = src
             return
-        out = self.f._new_slot()
+        out = self.prog.new_slot()
         self.emit(("scale", src.slot, coef, out, act, False))
         self.slot_chan[out] = self.slot_chan.get(src.slot)
         self.loc[node] = _Loc(out, src.start, src.stop)
@@ -293,9 +343,9 @@ class _Builder:
         others: list[int] = []
         for t in self.terms[node]:
             if t.opaque is not None:
-                out = self.f._new_slot()
+                out = self.prog.new_slot()
                 self.emit(("module", t.opaque, self.true_slot(t.src), out))
-                self.f.opaque[t.opaque] = self.cell.edges[t.opaque]
+                self.prog.opaque[t.opaque] = self.cell.edges[t.opaque]
                 others.append(out)
                 continue
             if t.conv is not None:
@@ -303,7 +353,7 @@ class _Builder:
                     first = self.conv_step(t.src, t.conv.weight, t.conv.bias, t.conv.dilation, False)
                 else:
                     in_slot, weight = self.conv_input(t.src, t.conv.weight)
-                    w, b, _ = self.f._add_weight(weight, t.conv.bias)
+                    w, b, _ = self.prog.add_weight(weight, t.conv.bias)
                     k, d = t.conv.k, t.conv.dilation
                     self.emit(("acc", first, in_slot, w, b, d * (k - 1) // 2, d if k > 1 else 1))
             if t.coef != 0.0 or t.conv is None:
@@ -312,14 +362,14 @@ class _Builder:
                 if coef == 1.0:
                     others.append(src)
                 else:
-                    out = self.f._new_slot()
+                    out = self.prog.new_slot()
                     self.emit(("scale", src, coef, out, False, False))
                     others.append(out)
         if first is not None:
             self.emit(("add", first, others, self.activate[node]))
             self.loc[node] = _Loc(first)
         else:
-            out = self.f._new_slot()
+            out = self.prog.new_slot()
             self.emit(("sum", others, out, self.activate[node]))
             self.loc[node] = _Loc(out)
 
@@ -350,28 +400,28 @@ class _Builder:
             self.pending.remove(o)
         for slot, w in per_slot.items():
             if self.acc_slot is None:
-                wname, bname, _ = self.f._add_weight(w, conv.bias)
-                self.acc_slot = self.f._new_slot()
+                wname, bname, _ = self.prog.add_weight(w, conv.bias)
+                self.acc_slot = self.prog.new_slot()
                 self.emit(("conv", slot, wname, bname, 0, 1, self.acc_slot, False, ()))
             else:
-                wname, _, _ = self.f._add_weight(w, None)
+                wname, _, _ = self.prog.add_weight(w, None)
                 self.emit(("acc", self.acc_slot, slot, wname, None, 0, 1))
 
     def emit_output(self) -> None:
         if self.partial:
             self.emit_partials()
-            self.f.output_slot = self.acc_slot
+            self.prog.output_slot = self.acc_slot
             return
         post = self.cell.post
-        out = self.f._new_slot()
+        out = self.prog.new_slot()
         self.emit(("cat", [self.true_slot(o) for o in self.g.output], out))
         if type(post) is nn.Identity:
-            self.f.output_slot = out
+            self.prog.output_slot = out
         else:
-            self.f.post_module = post
-            final = self.f._new_slot()
+            self.prog.post_module = post
+            final = self.prog.new_slot()
             self.emit(("post", out, final))
-            self.f.output_slot = final
+            self.prog.output_slot = final
 
     def build(self) -> None:
         self.read_terms()
@@ -379,7 +429,7 @@ class _Builder:
         self.fold_identities()
         member = self.plan_groups()
         for i, name in enumerate(self.g.inputs):
-            slot = self.f._new_slot()
+            slot = self.prog.new_slot()
             self.emit(("in", i, slot))
             self.loc[name] = _Loc(slot)
             self.slot_chan[slot] = None if name in self.cell.pre else self.chan[name]

@@ -10,8 +10,8 @@ from torch import nn
 
 from nasflow.core.cell import Cell
 from nasflow.infer.fastpath.analysis import Unsupported, _act_spec
-from nasflow.infer.fastpath.builder import _Builder
-from nasflow.infer.fastpath.conv import _onednn, conv2d, conv2d_acc, conv2d_packed, pack_choices, pack_weight
+from nasflow.infer.fastpath.builder import Program, plan
+from nasflow.infer.fastpath.conv import _onednn, conv2d, conv2d_acc, conv2d_packed, pack_weight
 from nasflow.infer.fastpath.options import CL, FastOptions
 
 
@@ -43,45 +43,40 @@ class FusedCell(nn.Module):
         self.pre = cell.pre
         self.act = cell.act
         self.opaque = nn.ModuleDict()
-        self.post_module: nn.Module | None = None
         if hasattr(cell, "nas_label"):
             self.nas_label = cell.nas_label
         self._act = _act_spec(cell.act)
-        self._n_weights = 0
-        self.steps: list[tuple] = []
-        self.n_slots = 0
-        self.output_slot = -1
         self.folded_entry = False
         self._dtype = next((p.dtype for p in cell.parameters() if p.is_floating_point()), torch.get_default_dtype())
-        _Builder(self, cell, entry_block).build()
-        self.steps = _mark_inplace(self.steps)
+        self._load(plan(cell, self.options, entry_block))
+
+    def _load(self, program: Program) -> None:
+        """Take the planned program: its weights become buffers, its opaque ops submodules."""
+        for i, weight in enumerate(program.weights):
+            self._register_weight(i, weight.weight, weight.bias, weight.dilation, weight.packs)
+        for name, module in program.opaque.items():
+            self.opaque[name] = module
+        self.post_module: nn.Module | None = program.post_module
+        self.n_slots = program.n_slots
+        self.output_slot = program.output_slot
+        self.steps: list[tuple] = _mark_inplace(program.steps)
         self._release = _liveness(self.steps, self.output_slot, self.n_slots)
 
-    # -- building helpers --------------------------------------------------------------------------------
-    def _add_weight(
-        self, w: torch.Tensor, b: torch.Tensor | None, dil: int = 1, pack: bool = False
-    ) -> tuple[str, str | None, tuple[int, ...]]:
-        """Register ``w`` (and ``b``) as buffers; with ``pack``, also its width-packed forms."""
-        i = self._n_weights
-        self._n_weights += 1
+    def _register_weight(
+        self, i: int, w: torch.Tensor, b: torch.Tensor | None, dil: int, packs: tuple[int, ...]
+    ) -> None:
+        """Register ``w<i>`` (and ``b<i>``) as buffers, with the width-packed forms in ``packs``."""
         w = w.to(self._dtype)
         cl = self.options.channels_last
         self.register_buffer(f"w{i}", w.contiguous(memory_format=CL) if cl else w.contiguous())
-        c_out, c_in, k, _ = w.shape
-        packs = pack_choices(c_in, c_out, k, dil) if pack and cl else ()
         for p in packs:
             self.register_buffer(f"w{i}p{p}", pack_weight(w, dil, p).contiguous(memory_format=CL), persistent=False)
         if b is None:
-            return f"w{i}", None, packs
+            return
         b = b.to(self._dtype).contiguous()
         self.register_buffer(f"b{i}", b)
         for p in packs:
             self.register_buffer(f"b{i}p{p}", b.repeat(p), persistent=False)
-        return f"w{i}", f"b{i}", packs
-
-    def _new_slot(self) -> int:
-        self.n_slots += 1
-        return self.n_slots - 1
 
     # -- running -----------------------------------------------------------------------------------------
     def _apply_act(self, x: torch.Tensor, fresh: bool) -> torch.Tensor:

@@ -27,7 +27,7 @@ from nasflow.core.compile import compile_model
 from nasflow.config import from_dict
 from nasflow.errors import ConfigError
 from nasflow.core.genotype import Genotype
-from nasflow.run.runner import build_task
+from nasflow.task import build_task
 from nasflow.schema import RunConfig
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype
 from nasflow.tasks.ruas.official import (

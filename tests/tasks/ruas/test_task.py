@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nasflow.run.runner import _Progress, build_task, load_run_config, search
+from nasflow.run.runner import _Progress, load_run_config, search
+from nasflow.task import build_task
 from nasflow.tasks.ruas.task import RUASTask
 
 TINY = ["task_options.variants=1", "task_options.crop=32", "task_options.batch_size=2", "search.epochs=2",
