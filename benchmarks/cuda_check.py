@@ -102,12 +102,13 @@ def _hyper():
 
 @check("demo run end to end with device=cuda")
 def _demo():
+    from nasflow.run.modelfile import MODEL_FILE, read_model_file
     from nasflow.run.runner import run_from_file
 
     out = tempfile.mkdtemp() + "/run"
     d = run_from_file("demo", ["device=cuda", "search.epochs=2", "train.epochs=2",
                                "search.hypergradient=finite_difference"], out=out, quiet=True)
-    saved = torch.load(d / "model.pt", weights_only=True)
+    saved = read_model_file(d / MODEL_FILE)
     assert all(not t.is_cuda for t in saved["state_dict"].values())
     return (d / "metrics.json").read_text().replace("\n", " ")
 

@@ -69,15 +69,14 @@ def default_model(folder: Path) -> Path:
     """A RUAS model file (paper genotype, default initialisation) in ``folder``."""
     import torch
 
-    from nasflow.run.checkpoint import save_atomic
+    from nasflow.run.modelfile import model_payload, save_model_file
     from nasflow.tasks.ruas.model import paper_genotype
     from nasflow.tasks.ruas.official import run_config, target_network
 
     torch.manual_seed(0)
     path = folder / "ruas-untrained.pt"
-    save_atomic({"state_dict": target_network(True).state_dict(), "genotype": paper_genotype(True).to_dict(),
-                 "config": run_config(True), "meta": {"name": "ruas-untrained"}}, path)
-    return path
+    return save_model_file(model_payload(target_network(True).state_dict(), paper_genotype(True).to_dict(),
+                                         run_config(True), {"name": "ruas-untrained"}), path)
 
 
 def run(inputs: Path, output: Path, model: Path, extra: list[str]) -> dict:

@@ -53,14 +53,13 @@ def pipeline(args: argparse.Namespace, cache: bool) -> tuple[float, float]:
 
 
 def training(args: argparse.Namespace, cache: bool, out: Path) -> tuple[float, dict]:
-    import torch
-
+    from nasflow.run.modelfile import MODEL_FILE, read_model_file
     from nasflow.run.runner import run
 
     t0 = time.perf_counter()
     run(config(args, cache), out=out, quiet=True, genotype="paper")
     seconds = time.perf_counter() - t0
-    return seconds, torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    return seconds, read_model_file(out / MODEL_FILE)["state_dict"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,15 @@ class CheckpointError(NasflowError):
     """A checkpoint or model file that cannot be loaded, is refused, or does not fit the config."""
 
 
+class StateDictMismatch(CheckpointError, ConfigError):
+    """Saved weights (a checkpoint's, a model file's) that do not fit the network their config builds.
+
+    One class for every such check: a :class:`CheckpointError`, so resume falls back to the
+    previous checkpoint, and a :class:`ConfigError`, since the file was written with another
+    config or genotype.
+    """
+
+
 class RunLockedError(NasflowError):
     """Another live nasflow process holds the run folder's lock."""
 

@@ -9,12 +9,11 @@ import torch
 
 def ruas_model_file(path: Path, use_nrm: bool = True, seed: int = 0, name: str = "test-model") -> Path:
     """Write a model file of the compiled paper-genotype RUAS network to ``path``."""
-    from nasflow.run.checkpoint import save_atomic
+    from nasflow.run.modelfile import model_payload, save_model_file
     from nasflow.tasks.ruas.model import paper_genotype
     from nasflow.tasks.ruas.official import run_config, target_network
 
     torch.manual_seed(seed)
     network = target_network(use_nrm)
-    save_atomic({"state_dict": network.state_dict(), "genotype": paper_genotype(use_nrm).to_dict(),
-                 "config": run_config(use_nrm), "meta": {"name": name}}, path)
-    return path
+    return save_model_file(model_payload(network.state_dict(), paper_genotype(use_nrm).to_dict(), run_config(use_nrm),
+                                         {"name": name}), path)

@@ -24,15 +24,15 @@ from nasflow.infer.models import LoadedModel, load_network
 from nasflow.infer.tiling import DEFAULT_TILE, NotTileable, tiled_apply
 
 DEFAULT_CUDA_TILE = 2048  # a 1920x1080 frame in one piece; GPU memory is not the CPU's cache
-# With the default tile, images up to this many pixels run in one piece: on 2 cores a 600x400 photo
-# took 70 ms whole against 92 ms in 512-px tiles, and one megapixel whole peaks well under 1 GB.
+# With the default tile, images up to this many pixels run in one piece: faster than tiles, and the
+# peak memory stays bounded (figures: benchmarks/README.md).
 WHOLE_PIXELS = 1 << 20
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pick_precision(name: str, device: torch.device) -> torch.dtype:
-    """fp32 anywhere; fp16/bf16 on CUDA only (on a 2-core CPU, bf16 measured no faster than the float32
-    fast path and the plain module in bf16/fp16 15-20x slower)."""
+    """fp32 anywhere; fp16/bf16 on CUDA only (on a CPU they are no faster than the float32 fast path,
+    and less exact; figures: ``benchmarks/README.md``)."""
     if name not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
     if name != "fp32" and device.type != "cuda":
@@ -48,8 +48,8 @@ class Enhancer:
     (peak memory flat in image size) and 2048-px tiles on a GPU. ``precision``:
     fp32, or fp16/bf16 on CUDA. ``cuda_graphs``: replay each input shape from a CUDA graph
     (default: on for CUDA devices; ignored on a CPU). ``compile``: ``torch.compile`` the forward
-    instead (opt-in: each new image size compiles for seconds; on an H200 at 1920x1080 it ran the
-    plain module 1.47x faster in fp32 and 1.88x in fp16 than eager fp32, ``benchmarks/gpu_speed.py``).
+    instead (opt-in: each new image size compiles for seconds; faster on a GPU, figures in
+    ``benchmarks/README.md``).
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device, tile: int | None = None, *,
@@ -64,8 +64,8 @@ class Enhancer:
         self.task = image_task(loaded.task, str(loaded.source))
         self.device = device
         self.tile = tile
-        # torch.compile fuses on its own: it gets the plain module (8.6 ms per 1920x1080 frame in fp16 on an
-        # H200 against 12.5 for the compiled fast path); otherwise the task's fast inference network
+        # torch.compile fuses on its own: it gets the plain module (faster than compiling the fast path,
+        # benchmarks/README.md); otherwise the task's fast inference network
         base = loaded.network if compile else inference_network_of(self.task, loaded.network)
         self.network: nn.Module = base.to(device, self.dtype).eval()
         try:
@@ -98,7 +98,7 @@ class Enhancer:
         if self.device.type != "cuda":
             return self._forward(x).float()
         # fp32 means float32: cuDNN would otherwise run convolutions in TF32 on Ampere and later GPUs
-        # (10-bit mantissa; measured up to 6e-3 off the CPU result). The flags are process-wide for the call.
+        # (10-bit mantissa: visibly off the CPU result). The flags are process-wide for the call.
         cudnn = torch.backends.cudnn
         with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                          allow_tf32=self.dtype != torch.float32):

@@ -1,13 +1,10 @@
 """Trained models as files: what a model file holds, shipped models, and loading one.
 
-A model file (``model.pt`` of a run, a shipped model, an imported checkpoint) is a torch file
-holding plain data only, loaded with ``weights_only=True``::
-
-    {"state_dict": {name: tensor}, "genotype": {...}, "config": {...RunConfig...}, "meta": {...}}
-
-The config says which task rebuilds the network; the genotype says which ops; the state dict
-fills it. Nothing in a model file can name code to import: its task must be a registered task
-(never a ``module:attr`` path), so loading a file from elsewhere runs only installed code.
+A model file (``model.pt`` of a run, a shipped model, an imported checkpoint) holds a state
+dict, a genotype and a config; its schema, writer, reader and rebuild live in
+:mod:`nasflow.run.modelfile`. Nothing in a model file can name code to import: its task must be a
+registered task (never a ``module:attr`` path), so loading a file from elsewhere runs only
+installed code.
 """
 
 from __future__ import annotations
@@ -20,10 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nasflow.errors import ConfigError, GenotypeError
-from nasflow.registries import MODELS, TASKS
-
-MODEL_KEYS = ("state_dict", "genotype", "config")
+from nasflow.errors import ConfigError
+from nasflow.registries import MODELS
+from nasflow.run.modelfile import MODEL_FILE, read_model_file, rebuild
 
 
 @dataclass(frozen=True)
@@ -73,8 +69,8 @@ def _model_file_at(path: Path) -> Path | None:
     """The model file a path names: the file itself, or a run folder's ``model.pt``."""
     if path.is_file():
         return path
-    if path.is_dir() and (path / "model.pt").is_file():
-        return path / "model.pt"
+    if path.is_dir() and (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
     return None
 
 
@@ -105,69 +101,12 @@ def resolve_model(spec: str | Path, notes: list[str] | None = None) -> Path:
     raise ConfigError(f"model '{name}' is neither a file nor a run folder, and {MODELS.unknown_message(name)}")
 
 
-def read_model_file(path: str | Path) -> dict[str, Any]:
-    """The plain-data content of a model file, checked for the keys a model needs."""
-    from nasflow.run.checkpoint import load_safe
-
-    path = Path(path)
-    try:
-        saved = load_safe(path)
-    except FileNotFoundError:
-        raise ConfigError(f"model file {path} does not exist") from None
-    except Exception as exc:  # noqa: BLE001 - any decoding failure is a bad file, said in one line
-        reason = " ".join(str(exc).split())[:200]
-        raise ConfigError(f"{path} is not a loadable nasflow model file ({type(exc).__name__}: {reason})") from None
-    if not isinstance(saved, dict) or any(k not in saved for k in MODEL_KEYS):
-        found = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
-        raise ConfigError(f"{path} is not a nasflow model file: expected keys {list(MODEL_KEYS)}, found {found}")
-    return saved
-
-
 def load_network(spec: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Rebuild the compiled network of a model file (see the module docstring)."""
-    from nasflow.core.compile import compile_model
-    from nasflow.config import from_dict
-    from nasflow.core.genotype import Genotype
-    from nasflow.task import build_task
-    from nasflow.schema import RunConfig
-
+    """Rebuild the compiled network of a model file (:func:`nasflow.run.modelfile.rebuild`), in eval mode."""
     notes: list[str] = []
     path = resolve_model(spec, notes)
     saved = read_model_file(path)
-    config = saved["config"]
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: its config is not a mapping")
-    task_name = config.get("task")
-    if not isinstance(task_name, str) or ":" in task_name or task_name not in TASKS:
-        raise ConfigError(f"{path}: its task {task_name!r} is not an installed task "
-                          f"(model files may only name registered tasks: {', '.join(TASKS.names())})")
-    cfg = from_dict(RunConfig, config, "config")
-    try:
-        genotype = Genotype.from_dict(saved["genotype"])
-    except GenotypeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    task = build_task(cfg, torch.device(device))
-    torch.manual_seed(0)  # the weights are overwritten below; keep construction deterministic
-    network = compile_model(task.build_supernet(), genotype)
-    _load_weights(network, saved["state_dict"], path)
-    network.to(device).eval()
+    rebuilt = rebuild(saved, device, str(path))
     meta = saved.get("meta") if isinstance(saved.get("meta"), dict) else {}
-    return LoadedModel(task=task, network=network, genotype=genotype, config=cfg, meta=dict(meta), source=str(path),
-                       notes=notes)
-
-
-def _load_weights(network: nn.Module, state: Any, path: Path) -> None:
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"{path}: state_dict is not a mapping of tensors")
-    own = network.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        first = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
-        raise ConfigError(f"{path}: weights do not match the network of its genotype and config "
-                          f"({len(missing)} missing, {len(unexpected)} unexpected; first: {first})")
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            raise ConfigError(f"{path}: weight '{key}' has shape {tuple(tensor.shape)}, the network needs "
-                              f"{tuple(own[key].shape)}")
-    network.load_state_dict(state)
+    return LoadedModel(task=rebuilt.task, network=rebuilt.network.eval(), genotype=rebuilt.genotype,
+                       config=rebuilt.config, meta=dict(meta), source=str(path), notes=notes)

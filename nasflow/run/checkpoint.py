@@ -22,13 +22,13 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from nasflow.atomic import temp_beside, write_atomic, write_text_atomic  # noqa: F401  (write_text_atomic: re-exported)
-from nasflow.errors import CheckpointError, RunLockedError
+from nasflow.errors import CheckpointError, RunLockedError, StateDictMismatch
 
 LAST, PREV = "last.ckpt", "prev.ckpt"
 LOCK_NAME = ".nasflow.lock"
@@ -91,6 +91,35 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+
+def check_state_dict(own: Mapping[str, torch.Tensor], state: Any, where: str) -> None:
+    """Refuse saved weights that do not fit a network, naming the first key or shape that differs.
+
+    The one check for every saved state dict (a resumed checkpoint, a model file), raising
+    :class:`StateDictMismatch`.
+    """
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StateDictMismatch(f"{where}: the model state is not a mapping of tensors")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        first = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise StateDictMismatch(f"{where} does not match the network of this config ({len(missing)} missing, "
+                                f"{len(unexpected)} unexpected tensors; first: {first}); was it written with "
+                                "another config or genotype?")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise StateDictMismatch(f"{where}: '{key}' has shape {tuple(tensor.shape)}, the network of this "
+                                    f"config needs {tuple(own[key].shape)}; was it written with another config or "
+                                    "genotype?")
+
+
+def load_state_checked(module: torch.nn.Module, state: Any, where: str) -> None:
+    """``load_state_dict`` after :func:`check_state_dict` (one-line errors instead of torch's list)."""
+    check_state_dict(module.state_dict(), state, where)
+    module.load_state_dict(state)
 
 
 def load_safe(path: str | Path) -> Any:

@@ -38,16 +38,17 @@ from tqdm import tqdm
 from nasflow.run.checkpoint import (
     LOCK_NAME,
     RunLock,
+    check_state_dict,
     checkpoint_files,
     load_latest,
-    load_safe,
+    load_state_checked,
     rng_state,
-    save_atomic,
     save_rotating,
     set_rng_state,
 )
 from nasflow.atomic import write_atomic, write_text_atomic
 from nasflow.core.compile import compile_model
+from nasflow.run.modelfile import MODEL_FILE, model_payload, read_model_file, rebuild, save_model_file
 from nasflow.config import (
     apply_overrides,
     check_plain_data,
@@ -246,28 +247,6 @@ def _search_hint(cfg: RunConfig) -> str:
             f"or the gradient clip (search.grad_clip={cfg.search.grad_clip:g}) and start a new run")
 
 
-def _load_model_state(model: nn.Module, state: Any, where: str) -> None:
-    """``load_state_dict`` with a :class:`CheckpointError` naming the first key or shape that does not fit."""
-    _check_model_state(model.state_dict(), state, where)
-    model.load_state_dict(state)
-
-
-def _check_model_state(own: dict[str, torch.Tensor], state: Any, where: str) -> None:
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{where}: the model state is not a mapping of tensors")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        first = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
-        raise CheckpointError(f"{where} does not match the network of this config ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected tensors; first: {first}); was it written with "
-                              "another config or genotype?")
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            raise CheckpointError(f"{where}: '{key}' has shape {tuple(tensor.shape)}, the network of this config "
-                                  f"needs {tuple(own[key].shape)}; was it written with another config or genotype?")
-
-
 def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None = None,
            resume: dict[str, Any] | None = None, writer: Any = None, ctx: DistContext | None = None) -> SearchResult:
     """The search loop; checkpoints into ``run_dir`` and resumes from a checkpoint dict.
@@ -280,7 +259,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
     model = task.build_supernet().to(task.device, memory_format=layout)
     where = str(resume.get("_path", "the checkpoint")) if resume is not None else ""
     if resume is not None:
-        _load_model_state(model, resume["model"], where)
+        load_state_checked(model, resume["model"], where)
     broadcast_module_(model)  # before the strategy: second-order strategies copy the model
     weight_batches, arch_batches = task.search_batches()
     steps = min(len(shard(list(weight_batches), ctx)), len(shard(list(arch_batches), ctx)))
@@ -464,7 +443,7 @@ def _resume_state(run_dir: Path, cfg: RunConfig, task: Task, notices: list[str],
 
     def check(state: Any, path: Path) -> None:
         _check_checkpoint(state, path)
-        _check_model_state(template, state["model"], str(path))
+        check_state_dict(template, state["model"], str(path))
 
     loaded = load_latest(folder, check)
     state = loaded.state
@@ -617,9 +596,7 @@ def _run_in_folder(cfg: RunConfig, ctx: DistContext, task: Task, quiet: bool, ge
         _save_samples(samples, run_dir / "samples")
         writer.hparams(to_dict(cfg), {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         _write_json(run_dir / "metrics.json", metrics)
-        state_dict = {k: v.detach().cpu() for k, v in final.state_dict().items()}  # loads without map_location
-        save_atomic({"state_dict": state_dict, "genotype": genotype.to_dict(), "config": to_dict(cfg)},
-                    run_dir / "model.pt")
+        save_model_file(model_payload(final.state_dict(), genotype.to_dict(), to_dict(cfg)), run_dir / MODEL_FILE)
         log.info("metrics: %s", json.dumps(metrics))
     finally:
         writer.close()
@@ -665,27 +642,18 @@ def _write_json(path: Path, data: Any) -> None:
 def evaluate_run(run_dir: str | Path) -> dict[str, float]:
     """Re-evaluate a finished run from its folder (config.yaml, genotype.json, model.pt) into eval.json."""
     run_dir = Path(run_dir)
-    for name in ("config.yaml", "model.pt"):
+    for name in ("config.yaml", MODEL_FILE):
         if not (run_dir / name).is_file():
             raise ConfigError(f"{run_dir} is not a finished run folder: {name} is missing")
     data = read_yaml(run_dir / "config.yaml")
     cfg = from_dict(RunConfig, data)
     check_config(cfg)
-    model_path = run_dir / "model.pt"
-    saved = load_safe(model_path)
-    if not isinstance(saved, dict) or any(k not in saved for k in ("state_dict", "genotype")):
-        raise CheckpointError(f"{model_path} is not a nasflow model file (expected state_dict and genotype)")
-    try:
-        genotype = Genotype.from_dict(saved["genotype"], allowed_paths=import_paths_in(data))
-    except GenotypeError as exc:
-        raise GenotypeError(f"{model_path}: {exc}") from None
+    model_path = run_dir / MODEL_FILE
     seed_everything(cfg.seed)
-    task = build_task(cfg, pick_device(cfg.device), trusted=True)  # the run folder's own config
-    try:
-        model = compile_model(task.build_supernet(), genotype).to(task.device)
-    except (GenotypeError, RegistryError) as exc:
-        raise GenotypeError(f"{model_path}: its genotype does not fit the run's config: {exc}") from None
-    _load_model_state(model, saved["state_dict"], str(model_path))
+    # the run folder's own config builds the task (trusted, as when it ran); the file gives genotype and weights
+    rebuilt = rebuild(read_model_file(model_path), pick_device(cfg.device), str(model_path), config=cfg, trusted=True,
+                      allowed_paths=import_paths_in(data), seed=None)
+    task, model, genotype = rebuilt.task, rebuilt.network, rebuilt.genotype
     metrics = task.evaluate(model, genotype)
     _write_json(run_dir / "eval.json", metrics)
     return metrics

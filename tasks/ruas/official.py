@@ -48,7 +48,7 @@ from typing import Any, Mapping
 
 import torch
 
-from nasflow.run.checkpoint import save_atomic
+from nasflow.run.modelfile import model_payload, rebuild, save_model_file
 from nasflow.core.compile import compile_model
 from nasflow.config import from_dict, to_dict
 from nasflow.errors import ConfigError
@@ -389,17 +389,6 @@ def run_config(use_nrm: bool, variant: str = "cvpr") -> dict[str, Any]:
     return to_dict(cfg)
 
 
-def _rebuild(saved: Mapping[str, Any]) -> torch.nn.Module:
-    """The network of a model file, rebuilt as ``nasflow.run.runner.evaluate_run`` does (strict load)."""
-    from nasflow.task import build_task
-
-    cfg = from_dict(RunConfig, saved["config"])
-    task = build_task(cfg, torch.device("cpu"))
-    model = compile_model(task.build_supernet(), Genotype.from_dict(saved["genotype"]))
-    model.load_state_dict(saved["state_dict"])
-    return model
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -439,15 +428,11 @@ def import_checkpoint(path: str | Path, out: str | Path, *, overwrite: bool = Fa
     conversion = convert_released(load_released_state_dict(path), file_name=path.name, module=module)
     release, use_nrm = conversion.release, conversion.use_nrm
     sha = _sha256(path)
-    saved = {
-        "state_dict": conversion.state_dict,
-        "genotype": conversion.genotype.to_dict(),
-        "config": run_config(use_nrm, release.variant),
-        "meta": {"source": SOURCE, "file": path.name, "sha256": sha, "release": release.name,
-                 "modules": "iem+nrm" if use_nrm else "iem"},
-    }
-    _rebuild(saved)  # the file must load the way run folders do; check before writing anything
-    save_atomic(saved, out)
+    saved = model_payload(conversion.state_dict, conversion.genotype.to_dict(), run_config(use_nrm, release.variant),
+                          {"source": SOURCE, "file": path.name, "sha256": sha, "release": release.name,
+                           "modules": "iem+nrm" if use_nrm else "iem"})
+    rebuild(saved, "cpu", str(out))  # the file must load the way load_model reads it; check before writing anything
+    save_model_file(saved, out)
     return ImportResult(out, use_nrm, sum(t.numel() for t in conversion.state_dict.values()), sha, release,
                         conversion.why)
 

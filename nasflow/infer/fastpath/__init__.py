@@ -10,19 +10,18 @@ to a 16-float register, so a 3 -> 3 conv leaves 13 of 16 lanes idle, and a 1x1 c
 more than reading its input. Hence, in order of what they paid (one thread, 3,438-parameter distill network):
 
 * **oneDNN called directly on channels-last tensors** (:func:`conv2d`): ``F.conv2d`` on NCHW
-  tensors with two threads spends 5-16 ms in a 6 -> 6 1x1 conv that oneDNN does in 0.4 ms in
-  channels-last; with one thread ``F.conv2d`` sends 1x1 convs to a generic path 5-15x slower.
+  tensors is many times slower for these small convs, and with one thread sends 1x1 convs to a
+  generic path.
 * **Width packing** (:func:`pack_weight`): ``P`` neighbouring output pixels share one output of
   ``P * C_out`` channels (kernel ``k x (extent + P - 1)``, stride ``(1, P)``); in channels-last
-  memory the packed output *is* the plain output, byte for byte. 3 -> 3 3x3: 2.0 -> 1.0 ms;
-  dilated 3 -> 3: 2.0 -> 1.4 ms; 6 -> 3 3x3: 4.0 -> 2.2 ms. The packing is chosen per conv by
-  the cost model and per call by what divides the width.
+  memory the packed output *is* the plain output, byte for byte; a few-channel conv runs up to
+  twice as fast. The packing is chosen per conv by the cost model and per call by what divides
+  the width.
 * **Structural re-parameterisation**: residual ops ``conv(x) + x``, node residuals and identities
   fold into the centre tap of the conv reading the same tensor; activations and the sum of the
   output fusion run as oneDNN post-ops (conv + LeakyReLU in one pass; ``acc += conv(x)`` in place).
 * **The output fusion** (1x1 conv over the concatenated output nodes) as one 1x1 partial per
-  output block, accumulated as soon as the block exists: no ``torch.cat`` (cat + conv: 7.6 ms,
-  partials: 1.8 ms for 4 x 6 channels).
+  output block, accumulated as soon as the block exists: no ``torch.cat``.
 * **Positive homogeneity**: ``act(c * x) == c * act(x)`` for (leaky) ReLU and ``c > 0``, so a skip
   edge into a residual node (``act(x + x)``) costs one in-place activation, ``c`` going into the
   readers' weights.
@@ -30,7 +29,7 @@ more than reading its input. Hence, in order of what they paid (one thread, 3,43
   whole pass); 1x1 convs and identities stay apart by default (``"all"`` merges them too), because
   a node inside a block costs its readers (a channel slice of a channels-last tensor must be
   copied for a larger kernel; a 1x1 reader reads all the block's channels). Padding a dilated
-  3x3 to a 5x5 to merge it with a 3x3 (``"pad"``) costs more than it saves (2.9 vs 2.2 ms).
+  3x3 to a 5x5 to merge it with a 3x3 (``"pad"``) costs more than it saves.
 * **Chain folding** (:func:`fold_chain`): a cell's 1x1 output fusion composed with the next
   cell's entry 1x1 convs, a conv stem with the first cell's (exact: no padding involved).
   :func:`fast_model` folds inside every ``nn.Sequential``; tasks call it for their own chains.
@@ -41,11 +40,11 @@ output module is unknown is left as it is: never wrong, only less fast.
 
 The inference policy (:class:`FastOptions`): ``torch.inference_mode``; channels-last (NCHW
 measured slower for every conv here); intra-op ``threads`` (under contention from other
-processes, two OpenMP threads can stall 10-20x: one thread, or row bands on Python threads via
+processes, two OpenMP threads can stall: one thread, or row bands on Python threads via
 :func:`run_in_bands` where the receptive radius is known, are steadier); ``hold_heap`` (opt-in,
 process-wide: glibc keeps freed memory, which removes the page faults of re-allocating feature
-maps: 94 -> 72 ms at 600x400 and 641 -> 331 ms at 1920x1080 on one and two threads); and
-``compile`` (opt-in ``torch.compile``: 3-15 s first call, then slower than this eager path here).
+maps); and ``compile`` (opt-in ``torch.compile``: seconds for the first call, then slower than
+this eager path on a CPU). The measured figures behind each choice: ``benchmarks/README.md``.
 :class:`FusedCell`, :class:`FastConv` define ``halo()`` for :mod:`nasflow.infer.tiling`.
 """
 

@@ -22,9 +22,8 @@ def hold_heap() -> bool:
     """Keep freed memory in the process heap instead of returning it to the OS (glibc only).
 
     A forward pass allocates and frees feature maps of megabytes; by default glibc serves those
-    with fresh ``mmap`` pages or trims the heap after them, so every pass pays page faults
-    (measured: 1,400-9,800 faults, 8-28 ms of system time per 600x400 pass of a 3,438-parameter
-    cell network on 2 cores).
+    with fresh ``mmap`` pages or trims the heap after them, so every pass pays thousands of page
+    faults (figures: ``benchmarks/README.md``).
     ``mallopt(M_MMAP_THRESHOLD, 1 GiB)`` and ``mallopt(M_TRIM_THRESHOLD, 2 GiB)`` keep the memory
     of the largest pass mapped instead. Process-wide and permanent (a preloaded jemalloc or
     tcmalloc does the same job); returns whether it took effect.
