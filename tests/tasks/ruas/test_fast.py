@@ -237,3 +237,18 @@ def test_no_warm_start_matches_and_reaches_one_pixel_less(use_nrm) -> None:
                                    torch.sigmoid(cold.iem_cells[0](y)).clamp(0.001, 1.0), rtol=0, atol=1e-6)
     fast = check(cold, y)
     assert fast.radius == fast_ruas(warm).radius - 1 == cold.halo()
+
+
+@pytest.mark.parametrize("use_nrm", [True, False])
+def test_exposure_key_matches_in_bands_and_refuses_tiles(use_nrm) -> None:
+    from nasflow.tiling import NotTileable
+
+    torch.manual_seed(4)
+    keyed = tame(compile_model(RUASNet(use_nrm=use_nrm, exposure_key=0.46), paper_genotype(use_nrm)).eval(),
+                 low_light(5, 64, 40))
+    y = torch.cat([low_light(5, 64, 40), 0.2 + low_light(6, 64, 40)])  # two images, two different gains
+    fast = check(keyed, y)
+    banded = fast_ruas(keyed, bands=3)  # the mean is taken before the split: bands see the whole image's gain
+    torch.testing.assert_close(banded(y), fast(y), rtol=0, atol=ATOL)
+    with pytest.raises(NotTileable, match="whole image"):
+        fast.halo()
