@@ -63,6 +63,7 @@ class FastRUAS(nn.Module):
         self.use_nrm = bool(inner.use_nrm)
         self.warm_start = bool(getattr(inner, "warm_start", True))
         self.t_min = float(getattr(inner, "t_min", T_MIN))
+        self.exposure_key = float(getattr(inner, "exposure_key", 0.0))
         if self.use_nrm:
             chain = [inner.nrm_stem, *inner.nrm_cells, inner.nrm_out]
             if options.fold_chains:
@@ -90,10 +91,12 @@ class FastRUAS(nn.Module):
 
     def halo(self) -> int:
         """Receptive radius, for :func:`nasflow.infer.tiling.receptive_halo` (exact tiling)."""
-        if self.radius is None:
-            from nasflow.infer.tiling import NotTileable
+        from nasflow.infer.tiling import NotTileable
 
+        if self.radius is None:
             raise NotTileable("a cell of this network has an op of unknown extent")
+        if self.exposure_key:
+            raise NotTileable("the global exposure step reads the whole image's mean: tiles would change the output")
         return self.radius
 
     def band_count(self, height: int, device: torch.device | str = "cpu") -> int:
@@ -141,6 +144,9 @@ class FastRUAS(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         with inference_policy(self.options):
+            if self.exposure_key:  # RUASNet.expose, on the whole image before any band split
+                t0 = (y.mean(dim=(1, 2, 3), keepdim=True) / self.exposure_key).clamp_(self.t_min, 1.0)
+                y = torch.div(y, t0).clamp_(0.0, 1.0)
             if self.options.channels_last and y.dim() == 4:
                 y = y.contiguous(memory_format=CL)
             n = self.band_count(y.shape[-2], y.device)

@@ -6,8 +6,8 @@ truncation), PSNR is computed on 8-bit RGB, SSIM is scikit-image's
 
 * :func:`to_uint8` -- float ``(3, H, W)`` tensor in ``[0, 1]`` -> ``(H, W, 3)`` uint8, rounded.
 * :func:`psnr`, :func:`ssim` -- full-reference metrics on two uint8 HWC images.
-* :func:`mean_brightness`, :func:`entropy`, :func:`lightness_order_error` -- no-reference
-  statistics for sets without ground truth.
+* :func:`mean_brightness`, :func:`entropy`, :func:`lightness_order_error`, :func:`noise_sigma`
+  -- no-reference statistics for sets without ground truth.
 * :func:`evaluate_pairs` -> per-image rows and means; :func:`write_csv` writes them.
 * :func:`contact_sheet` -- a before/after grid PNG (e.g. input | output | target) for eyeballing.
 
@@ -41,6 +41,7 @@ __all__ = [
     "gray_uint8",
     "entropy",
     "lightness_order_error",
+    "noise_sigma",
     "average",
     "evaluate_pairs",
     "write_csv",
@@ -217,6 +218,25 @@ def lightness_order_error(enhanced: Any, original: Any, downsample: int | None =
         ue = le[s : s + chunk, None] >= le[None, :]
         flips += int(np.count_nonzero(uo ^ ue))
     return flips / m
+
+
+def noise_sigma(x: Any) -> float:
+    """Standard deviation of white noise in the 8-bit gray image (:func:`gray_uint8`), in 8-bit
+    levels, by Immerkaer's fast estimator ("Fast noise variance estimation", CVIU 1996, eq. 2)::
+
+        sigma = sqrt(pi / 2) / (6 (W - 2) (H - 2)) * sum_x |(I * N)(x)|,
+        N = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]
+
+    ``N`` is the difference of two Laplacians, so it cancels image structure up to second order
+    and leaves the noise; strong texture still reads as some noise. Needs at least 3x3 pixels.
+    """
+    g = gray_uint8(x).astype(np.float64)
+    h, w = g.shape
+    if h < 3 or w < 3:
+        raise ValueError(f"noise_sigma needs at least 3x3 pixels, got {h}x{w}")
+    n = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+    conv = sum(n[i, j] * g[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3))
+    return float(math.sqrt(math.pi / 2.0) * np.abs(conv).sum() / (6.0 * (w - 2) * (h - 2)))
 
 
 # -- sets of images --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ engine only sees supercells with the labels ``iem`` and ``nrm``.
 * IEM (illumination estimation module), ``iem_stages`` distill supercells on 3 channels that
   share one alpha (label ``iem``). With ``y`` the low-light input::
 
+      y   <- expose(y)         (nasflow's global exposure, ``exposure_key > 0``; see :meth:`RUASNet.expose`)
       x_0 = maxfilter(y)       (the warm start; ``warm_start=False``: x_0 = y)
       x_k = maxfilter(u_{k-1}) - 0.5 * (u_{k-1} - y)        (k > 0)
       t_k = clamp(sigmoid(cell_k(x_k)), 0.001, 1)
@@ -84,8 +85,11 @@ class RUASNet(Supernet):
         nrm_channels: int = 6,
         use_nrm: bool = True,
         warm_start: bool = True,
+        exposure_key: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= exposure_key <= 1.0:
+            raise ValueError(f"exposure_key must be in [0, 1] (0: off), got {exposure_key}")
         if iem_stages < 1:
             raise ValueError(f"iem_stages must be at least 1, got {iem_stages}")
         if iem_channels != 3:
@@ -98,6 +102,7 @@ class RUASNet(Supernet):
                              f"{len(self.space.graph().inputs)}")
         self.use_nrm = use_nrm
         self.warm_start = warm_start
+        self.exposure_key = float(exposure_key)
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
         if use_nrm:
             self.nrm_stem = tag(nn.Conv2d(3, nrm_channels, 3, padding=1, bias=True), "nrm")
@@ -109,17 +114,40 @@ class RUASNet(Supernet):
     def halo(self) -> int:
         """How far an output pixel sees (for exact tiling, :func:`nasflow.infer.tiling.receptive_halo`):
         the cells' longest conv paths plus one pixel per IEM stage for the 2x2 max filter."""
-        from nasflow.infer.tiling import receptive_halo
+        from nasflow.infer.tiling import NotTileable, receptive_halo
 
+        if self.exposure_key:
+            raise NotTileable("the global exposure step reads the whole image's mean: tiles would change the output")
         iem = sum(receptive_halo(cell) + 1 for cell in self.iem_cells) - (0 if self.warm_start else 1)
         if not self.use_nrm:
             return iem
         nrm = receptive_halo(self.nrm_stem) + sum(receptive_halo(c) for c in self.nrm_cells)
         return iem + nrm + receptive_halo(self.nrm_out)
 
+    def expose(self, y: torch.Tensor) -> torch.Tensor:
+        """The global exposure step (nasflow, off at ``exposure_key = 0``): the input the IEM refines.
+
+        The IEM is local (an output pixel sees about 10 pixels), so it cannot tell a dark photo from
+        a dark corner of a bright one. This step is Retinex with a constant illumination: per image,
+        with ``m`` the mean of ``y`` over channels and pixels and ``k = exposure_key``::
+
+            t_0 = clamp(m / k, t_min, 1)        y <- clamp(y / t_0, 0, 1)
+
+        so a photo darker than ``k`` is scaled until its mean reaches ``k`` (before clipping), and a
+        photo at or above ``k`` is left as it is (never darkened). ``k = 0.46`` is middle grey (18 %
+        reflectance, sRGB-encoded), the key the zone system and Reinhard et al. 2002 tone mapping
+        expose to. The total illumination is ``t_0 * t_k``. It carries no parameters and no gradient
+        to the data; during training it sees each crop, at inference the whole image.
+        """
+        if not self.exposure_key:
+            return y
+        t0 = torch.clamp(y.mean(dim=(1, 2, 3), keepdim=True) / self.exposure_key, self.t_min, 1.0)
+        return torch.clamp(y / t0, 0.0, 1.0)
+
     def illumination(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The IEM: ``(u_K, [t_1, ..., t_K])``."""
+        """The IEM: ``(u_K, [t_1, ..., t_K])``, the maps relative to :meth:`expose`'s image."""
         ts: list[torch.Tensor] = []
+        y = self.expose(y)
         u = y
         for k, cell in enumerate(self.iem_cells):
             if k == 0:

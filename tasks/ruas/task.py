@@ -59,12 +59,23 @@ class RUASOptions:
     exposure_power: float = field(default=0.7, metadata={"min": 0.0, "max": 1.0})
     exposure_sigma: float = field(default=0.0, metadata={"min": 0.0})
     exposure_luminance: str = field(default="max", metadata={"choices": ("max", "mean")})
+    # global exposure before the IEM: each image darker than this mean brightness is scaled up to it (0: off,
+    # released RUAS; 0.46: middle grey); see RUASNet.expose
+    exposure_key: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     fidelity_stages: str = field(default="last", metadata={"choices": ("last", "all")})  # released: last
     nrm_channels: int = field(default=6, metadata={"min": 1})
     # training the compiled network: both modules at once, or the IEM first and then the NRM on its output
     train_schedule: str = field(default="joint", metadata={"choices": ("joint", "iem_then_nrm")})
     # the network: CVPR 2021 (searched and trained here) or the journal release (noise-gated NRM; runs imported weights)
     variant: str = field(default="cvpr", metadata={"choices": ("cvpr", "journal")})
+
+
+def _exposed(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """The image the IEM's maps refer to (its losses are computed against it): ``y`` after the
+    network's global exposure step, or ``y`` itself for networks without one (DDP unwrapped)."""
+    inner = getattr(model, "module", model)
+    expose = getattr(inner, "expose", None)
+    return expose(y) if callable(expose) else y
 
 
 def _without_leaks(files: list[Path], eval_folders: list[Path]) -> list[Path]:
@@ -178,13 +189,13 @@ class RUASTask(Task):
             return JournalRUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels,
                                   use_nrm=o.use_nrm, warm_start=o.warm_start)
         return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm,
-                       warm_start=o.warm_start)
+                       warm_start=o.warm_start, exposure_key=o.exposure_key)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""
         if isinstance(model, RUASNet):
-            return self._iem(model.illumination(y)[1], y)
-        return self._iem(model(y).ts, y)
+            return self._iem(model.illumination(y)[1], model.expose(y))
+        return self._iem(model(y).ts, _exposed(model, y))
 
     def _iem(self, ts: list[torch.Tensor], y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         o = self.options
@@ -216,7 +227,7 @@ class RUASTask(Task):
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> Mapping[str, torch.Tensor]:
         out = model(batch)
-        iem = self._iem(out.ts, batch)
+        iem = self._iem(out.ts, _exposed(model, batch))
         terms = {f"iem_{k}": v for k, v in iem.items()}
         total = iem["loss"]
         if self.options.use_nrm:

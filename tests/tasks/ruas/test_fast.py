@@ -166,13 +166,16 @@ def test_max_filter_matches_and_options_pass_through(supernet) -> None:
 @settings(max_examples=10, deadline=None, database=None)
 def test_bands_give_the_one_piece_result(supernet, iem, nrm, seed, bands, use_nrm) -> None:
     net = supernet if use_nrm else RUASNet(use_nrm=False)
-    compiled = randomize(compile_model(net, genotype(iem, nrm if use_nrm else None)), seed).eval()
+    # float64: a band's convolutions sum in another order, which float32 rounds up to 1.3e-6 apart, as far as
+    # a halo one row short (9.5e-7 for a dilated 7-op IEM); in float64 the exact halo agrees to 1e-12
+    compiled = randomize(compile_model(net, genotype(iem, nrm if use_nrm else None)), seed).eval().double()
     banded = fast_ruas(compiled, bands=bands)
     assert banded.bands == bands and banded.radius is not None
-    y = low_light(seed, 4 * bands * banded.radius + 5, 10)
+    y = low_light(seed, 4 * bands * banded.radius + 5, 10).double()
     expected = fast_ruas(compiled)(y)
-    torch.testing.assert_close(banded(y), expected, rtol=0, atol=1e-6 * max(1.0, expected.abs().max().item()))
-    small = low_light(seed, 7, 10)  # too few rows for bands: one piece
+    assert expected.dtype == torch.float64
+    torch.testing.assert_close(banded(y), expected, rtol=0, atol=1e-12 * max(1.0, expected.abs().max().item()))
+    small = low_light(seed, 7, 10).double()  # too few rows for bands: one piece
     torch.testing.assert_close(banded(small), fast_ruas(compiled)(small), rtol=0, atol=0)
 
 
@@ -237,3 +240,18 @@ def test_no_warm_start_matches_and_reaches_one_pixel_less(use_nrm) -> None:
                                    torch.sigmoid(cold.iem_cells[0](y)).clamp(0.001, 1.0), rtol=0, atol=1e-6)
     fast = check(cold, y)
     assert fast.radius == fast_ruas(warm).radius - 1 == cold.halo()
+
+
+@pytest.mark.parametrize("use_nrm", [True, False])
+def test_exposure_key_matches_in_bands_and_refuses_tiles(use_nrm) -> None:
+    from nasflow.infer.tiling import NotTileable
+
+    torch.manual_seed(4)
+    keyed = tame(compile_model(RUASNet(use_nrm=use_nrm, exposure_key=0.46), paper_genotype(use_nrm)).eval(),
+                 low_light(5, 64, 40))
+    y = torch.cat([low_light(5, 64, 40), 0.2 + low_light(6, 64, 40)])  # two images, two different gains
+    fast = check(keyed, y)
+    banded = fast_ruas(keyed, bands=3)  # the mean is taken before the split: bands see the whole image's gain
+    torch.testing.assert_close(banded(y), fast(y), rtol=0, atol=ATOL)
+    with pytest.raises(NotTileable, match="whole image"):
+        fast.halo()

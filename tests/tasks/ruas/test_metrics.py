@@ -111,6 +111,25 @@ def test_entropy_two_levels_is_one_bit():
     assert np.abs(M.gray_uint8(c).astype(int) - pil).max() <= 1
 
 
+def test_noise_sigma_recovers_white_noise_and_ignores_ramps():
+    rng = np.random.default_rng(0)
+    flat = np.full((200, 240), 128.0)
+    for sigma in (2.0, 8.0, 20.0):
+        noisy = np.clip(np.round(flat + rng.normal(0, sigma, flat.shape)), 0, 255).astype(np.uint8)
+        assert M.noise_sigma(np.repeat(noisy[:, :, None], 3, axis=2)) == pytest.approx(sigma, rel=0.05)
+    # a smooth gradient (second order and below) has no noise; its rounding to 8 bits reads < 0.5
+    yy, xx = np.mgrid[0:120, 0:160]
+    ramp = np.round(20 + 0.5 * xx + 0.3 * yy).astype(np.uint8)
+    assert M.noise_sigma(np.repeat(ramp[:, :, None], 3, axis=2)) < 0.5
+    # twice the noise reads twice as high: a gain on noise shows up
+    base = rng.normal(0, 4.0, flat.shape)
+    one = np.clip(np.round(flat + base), 0, 255).astype(np.uint8)[:, :, None]
+    two = np.clip(np.round(flat + 2 * base), 0, 255).astype(np.uint8)[:, :, None]
+    assert M.noise_sigma(two) == pytest.approx(2 * M.noise_sigma(one), rel=0.05)
+    with pytest.raises(ValueError, match="3x3"):
+        M.noise_sigma(np.zeros((2, 5, 3), dtype=np.uint8))
+
+
 def _gray_ramp(h: int, w: int) -> np.ndarray:
     v = np.linspace(10, 240, h * w).reshape(h, w)
     return np.repeat(np.round(v)[:, :, None], 3, axis=2).astype(np.uint8)

@@ -197,3 +197,41 @@ def test_bad_sizes_rejected() -> None:
         RUASNet(iem_channels=4)
     with pytest.raises(ValueError):
         RUASNet(iem_stages=0)
+
+
+# -- the global exposure step (exposure_key) ---------------------------------------------------------
+def test_expose_scales_dark_images_to_the_key_and_leaves_bright_ones_alone() -> None:
+    net = RUASNet(use_nrm=False, exposure_key=0.46)
+    dark = 0.1 + 0.2 * torch.rand(1, 3, 8, 9, generator=torch.Generator().manual_seed(0))  # mean 0.2, max 0.3
+    bright = 0.5 + 0.4 * torch.rand(1, 3, 8, 9, generator=torch.Generator().manual_seed(1))
+    out = net.expose(torch.cat([dark, bright]))
+    # t_0 = m / k; no pixel reaches 1 after the scaling, so the mean lands on the key exactly
+    torch.testing.assert_close(out[0], dark[0] * (0.46 / dark.mean()), rtol=0, atol=1e-6)
+    assert abs(out[0].mean().item() - 0.46) < 1e-6
+    assert torch.equal(out[1], bright[0])  # mean above the key: t_0 = 1, never darkened
+    saturating = torch.tensor([0.05, 0.05, 0.9]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # mean 1/3
+    assert net.expose(saturating).max().item() == 1.0  # clipped, as u = y / t is
+    assert torch.equal(RUASNet(use_nrm=False).expose(dark), dark)  # key 0: the released network
+
+
+def test_exposure_key_feeds_the_exposed_image_to_every_stage() -> None:
+    torch.manual_seed(0)
+    keyed = compile_model(RUASNet(exposure_key=0.46), paper_genotype(True)).eval()
+    plain = compile_model(RUASNet(), paper_genotype(True)).eval()
+    plain.load_state_dict(keyed.state_dict())
+    y = 0.2 * torch.rand(2, 3, 12, 10)
+    with torch.no_grad():
+        got, want = keyed(y), plain(keyed.expose(y))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0) if isinstance(a, torch.Tensor) else None
+    torch.testing.assert_close(got.out, want.out, rtol=0, atol=0)
+    assert not torch.allclose(got.out, plain(y).out)
+
+
+def test_exposure_key_is_checked_and_makes_the_network_untileable() -> None:
+    from nasflow.infer.tiling import NotTileable
+
+    with pytest.raises(ValueError, match="exposure_key"):
+        RUASNet(exposure_key=1.5)
+    with pytest.raises(NotTileable, match="whole image"):
+        RUASNet(exposure_key=0.46).halo()

@@ -194,3 +194,16 @@ def test_held_out_folders_never_train(tmp_path) -> None:
     names = lambda task: sorted(p.name for p in task.train_set.files)  # noqa: E731
     assert names(plain) == ["0.png", "1.png", "2.png", "3.png", "copy_of_other.png"]  # eval_low's copy left out
     assert names(guarded) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_iem_loss_is_taken_against_the_exposed_image() -> None:
+    cfg = load_run_config("ruas", TINY + ["task_options.exposure_key=0.46", "task_options.fidelity_target=exposure"])
+    task = build_task(cfg, torch.device("cpu"))
+    model = task.build_supernet()
+    assert model.exposure_key == 0.46
+    y = 0.3 * task.search_batches()[0][0]
+    _, ts = model.illumination(y)
+    want = task._iem(ts, model.expose(y))
+    for terms in (task.iem_terms(model, y), {k[4:]: v for k, v in task.loss(model, y).items() if k.startswith("iem_")}):
+        torch.testing.assert_close(terms["loss"], want["loss"])
+    assert not torch.allclose(task._iem(ts, y)["loss"], want["loss"])
