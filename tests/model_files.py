@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 
-def ruas_model_file(path: Path, use_nrm: bool = True, seed: int = 0, name: str = "test-model") -> Path:
+def ruas_model_file(path: Path, use_nrm: bool = True, seed: int = 0, name: str = "test-model",
+                    exposure_key: float = 0.0) -> Path:
     """Write a model file of the compiled paper-genotype RUAS network to ``path``."""
     from nasflow.run.modelfile import model_payload, save_model_file
     from nasflow.tasks.ruas.model import paper_genotype
@@ -15,5 +16,7 @@ def ruas_model_file(path: Path, use_nrm: bool = True, seed: int = 0, name: str =
 
     torch.manual_seed(seed)
     network = target_network(use_nrm)
-    return save_model_file(model_payload(network.state_dict(), paper_genotype(use_nrm).to_dict(), run_config(use_nrm),
+    config = run_config(use_nrm)
+    config["task_options"]["exposure_key"] = exposure_key  # a parameter-free step: same weights
+    return save_model_file(model_payload(network.state_dict(), paper_genotype(use_nrm).to_dict(), config,
                                          {"name": name}), path)

@@ -43,6 +43,32 @@ def test_tiled_output_equals_whole_image(model_path: Path, single_thread: None) 
     assert enhancer.halo is not None and enhancer.halo > 0
 
 
+@pytest.mark.parametrize("use_nrm", [True, False])
+def test_a_global_exposure_step_runs_whole_and_the_rest_in_tiles(tmp_path: Path, use_nrm: bool,
+                                                                single_thread: None) -> None:
+    """A model whose first step reads the whole image's mean (RUAS ``exposure_key``) still tiles:
+    the step runs once on the whole image, so tiles agree with the plain network on the whole image."""
+    path = ruas_model_file(tmp_path / "keyed.pt", use_nrm, exposure_key=0.46)
+    enhancer = load_model(path, device="cpu", tile=48)
+    assert enhancer.halo is not None and enhancer.halo > 0
+    x = torch.rand(2, 3, 130, 101) * 0.1
+    x[1] += 0.3  # a brighter photo: another gain
+    with torch.no_grad():
+        plain = enhancer.loaded.network(x).out.clamp(0, 1)
+    for tile in (40, 10_000):
+        assert (enhancer.enhance_tensor(x, tile=tile) - plain).abs().max().item() < 1e-5
+    # tiling the network without the split would give each tile its own gain
+    naive = tiled_apply_plain(enhancer.loaded.network, x, 40, enhancer.halo)
+    assert (naive - plain).abs().max().item() > 1e-3
+
+
+def tiled_apply_plain(network: torch.nn.Module, x: torch.Tensor, tile: int, halo: int) -> torch.Tensor:
+    from nasflow.infer.tiling import tiled_apply
+
+    with torch.no_grad():
+        return tiled_apply(lambda t: network(t).out.clamp(0, 1), x, tile=tile, halo=halo)
+
+
 def test_enhancer_equals_the_plain_compiled_network(model_path: Path, single_thread: None) -> None:
     """What users run (fast path, tiles) computes the compiled network's clamped output."""
     enhancer = load_model(model_path, device="cpu", tile=48)

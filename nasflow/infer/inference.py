@@ -11,7 +11,7 @@ searched enhancement network is a few thousand parameters, so its GPU time is ke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from nasflow.errors import ConfigError
 from nasflow.search.distributed import pick_device
 from nasflow.infer.image_task import halo as halo_of, image_task, inference_network as inference_network_of
 from nasflow.infer.models import LoadedModel, load_network
-from nasflow.infer.tiling import DEFAULT_TILE, NotTileable, tiled_apply
+from nasflow.infer.tiling import DEFAULT_TILE, NotTileable, split_global, tiled_apply
 
 DEFAULT_CUDA_TILE = 2048  # a 1920x1080 frame in one piece; GPU memory is not the CPU's cache
 # With the default tile, images up to this many pixels run in one piece: faster than tiles, and the
@@ -68,10 +68,19 @@ class Enhancer:
         # benchmarks/README.md); otherwise the task's fast inference network
         base = loaded.network if compile else inference_network_of(self.task, loaded.network)
         self.network: nn.Module = base.to(device, self.dtype).eval()
+        # a whole-image first step (split_global) runs once on the whole image, the rest in tiles
+        self._prelude: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.halo: int | None = None  # None: whole images only
         try:
-            self.halo: int | None = halo_of(self.task, loaded.network)
+            self.halo = halo_of(self.task, loaded.network)
         except NotTileable:
-            self.halo = None  # whole images only
+            plain, fast = split_global(loaded.network), split_global(self.network)
+            if plain is not None and fast is not None:
+                try:
+                    self.halo = halo_of(self.task, plain[1])
+                    self._prelude, self.network = fast
+                except NotTileable:
+                    pass
         use_graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs and device.type == "cuda"
         self._forward = self._run_network
         if compile:  # its own kernels fused by Inductor; the first call of each size compiles (seconds)
@@ -114,6 +123,8 @@ class Enhancer:
         tile = tile or self.tile
         if self.halo is None:
             return self._predict(x).cpu()
+        if self._prelude is not None:
+            x = self._prelude(x.float())
         return tiled_apply(self._predict, x, tile=tile, halo=self.halo, out_device="cpu")
 
     def enhance(self, image: np.ndarray, *, tile: int | None = None) -> np.ndarray:

@@ -6,6 +6,11 @@ on every side and keeping only each tile's core therefore gives exactly the whol
 (up to float summation order), while memory stays bounded by the tile size, not the image size.
 Borders are never padded by us: a tile that touches the image border sees the same zero padding
 the whole image would.
+
+A network whose forward pass starts with a step that reads a whole-image statistic (a global
+exposure, say) is not tileable as a whole, but its rest may be: such a module offers
+``split_global() -> (prelude, local)`` (see :func:`split_global`), and inference runs ``prelude``
+on the whole image, then ``local`` in tiles.
 """
 
 from __future__ import annotations
@@ -87,6 +92,17 @@ def cell_halo(cell: Cell) -> int:
         reach[node.name] = best
     out = max(reach[o] for o in cell.graph.output)
     return out + receptive_halo(cell.post) + (receptive_halo(cell.act) if cell.act is not None else 0)
+
+
+def split_global(module: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None:
+    """``(prelude, local)`` with ``module(x) == local(prelude(x))``, if the module offers the split.
+
+    ``prelude`` is the module's whole-image step (cheap: it runs once on the whole image, however
+    large); ``local`` shares the module's weights and is tileable. None if the module has no such
+    step (``module.split_global()`` absent or returning None).
+    """
+    own = getattr(module, "split_global", None)
+    return own() if callable(own) else None
 
 
 def tile_boxes(height: int, width: int, tile: int, halo: int) -> Iterator[tuple[slice, slice, slice, slice]]:

@@ -22,6 +22,8 @@ computed with:
 
 from __future__ import annotations
 
+import copy
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -34,7 +36,7 @@ from nasflow.core.cell import Cell
 from nasflow.infer.fastpath import (
     CL, FastOptions, FusedCell, cell_radius, fold_chain, inference_policy, op_radius, prepare, run_in_bands,
 )
-from nasflow.tasks.ruas.model import STEP, T_MIN
+from nasflow.tasks.ruas.model import STEP, T_MIN, global_exposure
 
 
 def max_filter2x2_(x: torch.Tensor) -> torch.Tensor:
@@ -99,6 +101,14 @@ class FastRUAS(nn.Module):
             raise NotTileable("the global exposure step reads the whole image's mean: tiles would change the output")
         return self.radius
 
+    def split_global(self) -> "tuple[Any, FastRUAS] | None":
+        """``(expose, the rest)`` for tiled inference, as :meth:`RUASNet.split_global`."""
+        if not self.exposure_key:
+            return None
+        local = copy.copy(self)  # shares every weight; its runtime is rebuilt by __setstate__
+        local.exposure_key = 0.0
+        return functools.partial(global_exposure, key=self.exposure_key, t_min=self.t_min), local
+
     def band_count(self, height: int, device: torch.device | str = "cpu") -> int:
         """How many row bands an image of ``height`` rows is cut into (1: one piece; always on a GPU)."""
         if self.radius is None or self.options.compile or torch.device(device).type != "cpu":
@@ -144,9 +154,7 @@ class FastRUAS(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         with inference_policy(self.options):
-            if self.exposure_key:  # RUASNet.expose, on the whole image before any band split
-                t0 = (y.mean(dim=(1, 2, 3), keepdim=True) / self.exposure_key).clamp_(self.t_min, 1.0)
-                y = torch.div(y, t0).clamp_(0.0, 1.0)
+            y = global_exposure(y, self.exposure_key, self.t_min)  # on the whole image, before any band split
             if self.options.channels_last and y.dim() == 4:
                 y = y.contiguous(memory_format=CL)
             n = self.band_count(y.shape[-2], y.device)

@@ -22,7 +22,9 @@ in place and the compiled network runs through the same :meth:`RUASNet.forward`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import copy
+import functools
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,15 @@ from nasflow.core.supernet import Supernet, tag
 
 T_MIN = 0.001  # lower clamp of the illumination map (as released)
 STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as released)
+
+
+def global_exposure(y: torch.Tensor, key: float, t_min: float = T_MIN) -> torch.Tensor:
+    """nasflow's global exposure step (:meth:`RUASNet.expose`): ``y / clamp(mean(y) / key, t_min, 1)``,
+    clipped to [0, 1], per image; ``key = 0`` leaves ``y`` as it is."""
+    if not key:
+        return y
+    t0 = torch.clamp(y.mean(dim=(1, 2, 3), keepdim=True) / key, t_min, 1.0)
+    return torch.clamp(y / t0, 0.0, 1.0)
 
 
 def max_filter2x2(x: torch.Tensor) -> torch.Tensor:
@@ -139,10 +150,16 @@ class RUASNet(Supernet):
         expose to. The total illumination is ``t_0 * t_k``. It carries no parameters and no gradient
         to the data; during training it sees each crop, at inference the whole image.
         """
+        return global_exposure(y, self.exposure_key, self.t_min)
+
+    def split_global(self) -> "tuple[Callable[[torch.Tensor], torch.Tensor], RUASNet] | None":
+        """``(expose, the rest)`` for tiled inference (:func:`nasflow.infer.tiling.split_global`): the global
+        exposure reads the whole image once; the network after it is local. None without the step."""
         if not self.exposure_key:
-            return y
-        t0 = torch.clamp(y.mean(dim=(1, 2, 3), keepdim=True) / self.exposure_key, self.t_min, 1.0)
-        return torch.clamp(y / t0, 0.0, 1.0)
+            return None
+        local = copy.copy(self)  # shares every weight; only the flag differs
+        local.exposure_key = 0.0
+        return functools.partial(global_exposure, key=self.exposure_key, t_min=self.t_min), local
 
     def illumination(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The IEM: ``(u_K, [t_1, ..., t_K])``, the maps relative to :meth:`expose`'s image."""
