@@ -261,7 +261,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
     if resume is not None:
         load_state_checked(model, resume["model"], where)
     broadcast_module_(model)  # before the strategy: second-order strategies copy the model
-    weight_batches, arch_batches = task.search_batches()
+    weight_batches, arch_batches = task.search_batches(0)  # every epoch has as many batches
     steps = min(len(shard(list(weight_batches), ctx)), len(shard(list(arch_batches), ctx)))
     try:
         strategy = resolve(STRATEGIES, cfg.search.strategy, "search.strategy")(model, task, cfg.search, steps)
@@ -282,11 +282,10 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
         start_epoch, start_step = resume["epoch"], resume["step_in_epoch"]
     if resume is not None and start_epoch >= cfg.search.epochs:  # the search was done: restore what follows it
         set_rng_state(resume["rng"])
-        task.load_state_dict(resume["epoch_task"])
     every = cfg.checkpoint.every_steps
     saved: dict[str, int] | None = None  # where the newest checkpoint of this process stands
 
-    def save(epoch: int, step_in_epoch: int, epoch_rng: dict, epoch_task: dict, stage: str = "search") -> None:
+    def save(epoch: int, step_in_epoch: int, stage: str = "search") -> None:
         nonlocal saved
         if run_dir is None or not ctx.is_main:
             return
@@ -298,8 +297,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
         save_rotating({
             "version": 1, "stage": stage, "epoch": epoch, "step_in_epoch": step_in_epoch,
             "model": model.state_dict(), "strategy": strategy.state_dict(), "history": history,
-            "genotypes": genotypes, "sums": sums, "rng": rng_state(), "epoch_rng": epoch_rng,
-            "epoch_task": epoch_task, "config": to_dict(cfg),
+            "genotypes": genotypes, "sums": sums, "rng": rng_state(), "config": to_dict(cfg),
         }, _checkpoint_dir(run_dir))
         saved = {"epoch": epoch, "step": step_in_epoch}
 
@@ -314,22 +312,14 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
     with interrupt:
         epoch_bar = progress(range(start_epoch, cfg.search.epochs), "search", total=cfg.search.epochs - start_epoch)
         for epoch in epoch_bar:
-            if resume is not None and epoch == start_epoch and start_step > 0:
-                # Rebuild this epoch's batches exactly, then continue from the saved step and RNG state.
-                epoch_rng, epoch_task = resume["epoch_rng"], resume["epoch_task"]
-                set_rng_state(epoch_rng)
-                task.load_state_dict(epoch_task)
-                weight_batches, arch_batches = task.search_batches()
-                set_rng_state(resume["rng"])
-            else:
-                if resume is not None and epoch == start_epoch:
-                    set_rng_state(resume["rng"])
-                    task.load_state_dict(resume["epoch_task"])
+            resuming = resume is not None and epoch == start_epoch
+            if resuming:
+                set_rng_state(resume["rng"])  # the model's and strategy's randomness (e.g. GDAS samples)
+            if not (resuming and start_step > 0):  # a resumed epoch already began: before_epoch ran
                 strategy.before_epoch(epoch)
-                epoch_rng, epoch_task = rng_state(), task.state_dict()
-                weight_batches, arch_batches = task.search_batches()
                 sums = {}
                 start_step = 0
+            weight_batches, arch_batches = task.search_batches(epoch)  # (seed, epoch) decide them: resume needs no more
             pairs = list(zip(shard(list(weight_batches), ctx), shard(list(arch_batches), ctx)))[:steps]
             for i in progress(range(start_step, steps), f"epoch {epoch + 1}", total=steps - start_step):
                 wb, ab = pairs[i]
@@ -348,7 +338,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
                 if writer is not None:
                     writer.scalars(logs, t)
                 if (every and (t + 1) % every == 0 or interrupt.requested) and i + 1 < steps:
-                    save(epoch, i + 1, epoch_rng, epoch_task)
+                    save(epoch, i + 1)
                     stop_if_interrupted(epoch, i + 1)
             average_buffers_(model)  # BatchNorm statistics drift apart per shard
             strategy.after_epoch(epoch)
@@ -362,7 +352,7 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
             log.info("search epoch %d/%d %s", epoch + 1, cfg.search.epochs,
                      " ".join(f"{k}={v:.4g}" for k, v in means.items() if "loss" in k))
             sums = {}
-            save(epoch + 1, 0, {}, task.state_dict())
+            save(epoch + 1, 0)
             stop_if_interrupted(epoch + 1, 0)
     return SearchResult(model, history, genotypes)
 
@@ -373,6 +363,7 @@ def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> 
         return model
     layout = resolve_memory_format(cfg.memory_format, torch.device(task.device))
     model.to(memory_format=layout)  # in place: the phases' parameter lists stay valid
+    data_epoch = 0  # training epochs counted over all phases: each sees fresh batches
     for phase in task.train_phases(model):
         if not phase.parameters:
             continue
@@ -381,7 +372,7 @@ def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> 
         for epoch in progress(range(cfg.train.epochs), f"train {phase.name}"):
             model.train()
             total, n = 0.0, 0
-            for b, batch in enumerate(task.train_batches()):
+            for b, batch in enumerate(task.train_batches(data_epoch)):
                 opt.zero_grad(set_to_none=True)
                 terms = phase.loss(model, batch_to(batch, layout))
                 loss = terms["loss"]
@@ -396,12 +387,12 @@ def train(cfg: RunConfig, task: Task, model: nn.Module, progress: _Progress) -> 
                 opt.step()
                 total, n = total + value, n + 1
             sched.step()
+            data_epoch += 1
             log.info("train %s epoch %d/%d loss=%.4g", phase.name, epoch + 1, cfg.train.epochs, total / max(1, n))
     return model
 
 
-_CHECKPOINT_KEYS = ("epoch", "step_in_epoch", "model", "strategy", "history", "genotypes", "sums", "rng",
-                    "epoch_rng", "epoch_task")
+_CHECKPOINT_KEYS = ("epoch", "step_in_epoch", "model", "strategy", "history", "genotypes", "sums", "rng")
 
 
 def _check_checkpoint(state: Any, path: Path) -> None:
