@@ -109,7 +109,7 @@ def run_one(setting: str, strategy: str, hypergradient: str, seed: int, epochs: 
     ])
     seed_everything(cfg.seed)
     task = build_task(cfg, torch.device("cpu"))
-    weight_batches, arch_batches = task.search_batches()
+    weight_batches, arch_batches = task.search_batches(0)
     steps = min(len(list(weight_batches)), len(list(arch_batches)))
     start = time.perf_counter()
     result = search(cfg, task, _Progress(quiet=True))

@@ -123,10 +123,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         def build_supernet(self) -> Supernet:
             return RuasLike(nrm=not args.no_nrm)
 
-        def search_batches(self):
+        def search_batches(self, epoch):
             raise NotImplementedError
 
-        def train_batches(self):
+        def train_batches(self, epoch):
             raise NotImplementedError
 
         def loss(self, model, batch):

@@ -4,7 +4,7 @@ with the decode cache (``task_options.decode_cache``) on and off, side by side i
     python benchmarks/train_speed.py                    # 256 SICE/LOL images, 256 px crops
     python benchmarks/train_speed.py --images 1255 --crop 256 --epochs 3
 
-Rows: ``pipeline``: images/s of one epoch of ``task.train_batches()`` (decode, crop, flip, batch),
+Rows: ``pipeline``: images/s of one epoch of ``task.train_batches(epoch)`` (decode, crop, flip, batch),
 first epoch and later epochs separately (the cache decodes during the first); ``training``: wall
 time of ``nasflow train`` with the shipped ``ruas-mit`` recipe on the same images, and whether the
 trained weights of the two runs are bitwise equal (they must be: the cache changes no item).
@@ -44,9 +44,9 @@ def pipeline(args: argparse.Namespace, cache: bool) -> tuple[float, float]:
     task = build_task(config(args, cache), torch.device("cpu"), trusted=True)
     n = len(task.train_set)
     rates = []
-    for _ in range(1 + args.pipeline_epochs):
+    for epoch in range(1 + args.pipeline_epochs):
         t0 = time.perf_counter()
-        batches = task.train_batches()
+        batches = task.train_batches(epoch)
         assert sum(len(b) for b in batches) > 0
         rates.append(n / (time.perf_counter() - t0))
     return rates[0], sum(rates[1:]) / len(rates[1:])

@@ -72,12 +72,18 @@ class Task(ABC):
         """A fresh supernet (weights initialised from torch's current RNG state)."""
 
     @abstractmethod
-    def search_batches(self) -> tuple[Iterable[Batch], Iterable[Batch]]:
-        """(weight batches, architecture batches) for one search epoch; re-iterable."""
+    def search_batches(self, epoch: int) -> tuple[Iterable[Batch], Iterable[Batch]]:
+        """(weight batches, architecture batches) of search epoch ``epoch``; re-iterable.
+
+        A pure function of (``self.seed``, ``epoch``): it changes no state and draws nothing
+        from the global RNG (build a ``torch.Generator`` from the seed and the epoch), so a
+        resumed run rebuilds an epoch's batches from the epoch number alone.
+        """
 
     @abstractmethod
-    def train_batches(self) -> Iterable[Batch]:
-        """Batches for one epoch of training the compiled network."""
+    def train_batches(self, epoch: int) -> Iterable[Batch]:
+        """Batches of training epoch ``epoch`` of the compiled network (counted over all phases);
+        a pure function of (``self.seed``, ``epoch``), like :meth:`search_batches`."""
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Batch) -> Mapping[str, torch.Tensor]:
@@ -86,13 +92,6 @@ class Task(ABC):
     def arch_loss(self, model: nn.Module, batch: Batch) -> Mapping[str, torch.Tensor]:
         """Objective of the architecture (defaults to the weight loss on held-out batches)."""
         return self.loss(model, batch)
-
-    def state_dict(self) -> dict[str, Any]:
-        """RNG or sampler state that decides future batches (saved in checkpoints)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
 
     def samples(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A few named images (CHW or NCHW in [0, 1]) showing the model's output, for TensorBoard."""

@@ -88,7 +88,7 @@ class RandomStrategy(Strategy):
         if epoch != self.config.epochs - 1:
             return
         self.model.eval()
-        _, arch_batches = self.task.search_batches()
+        _, arch_batches = self.task.search_batches(epoch)  # this epoch's: batches are a pure function of it
         batches = list(arch_batches)
         best: tuple[float, dict[str, tuple[GenoEdge, ...]]] | None = None
         self.scores = []

@@ -8,6 +8,7 @@ the smallest honest check that a search finds something.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -81,7 +82,6 @@ class PlantedTask(Task):
                     p.mul_(options.teacher_scale)
         self.train_set = self._make(options.train_samples, gen)
         self.val_set = self._make(options.val_samples, gen)
-        self._shuffle = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
     def _make(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,29 +91,30 @@ class PlantedTask(Task):
         y = y + o.noise_std * torch.randn(y.shape, generator=gen)
         return x.to(self.device), y.to(self.device)
 
-    def _batches(self, data: tuple[torch.Tensor, torch.Tensor], shuffle: bool) -> list:
+    def _shuffle(self, stage: str, epoch: int) -> torch.Generator:
+        """The shuffling generator of one epoch: a function of (seed, stage, epoch) only, so batches
+        are too (no state to save, nothing drawn from the global RNG)."""
+        digest = hashlib.blake2b(repr((self.seed, stage, int(epoch))).encode(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+    def _batches(self, data: tuple[torch.Tensor, torch.Tensor], shuffle: torch.Generator) -> list:
         x, y = data
-        order = torch.randperm(len(x), generator=self._shuffle) if shuffle else torch.arange(len(x))
+        order = torch.randperm(len(x), generator=shuffle)
         bs = self.options.batch_size
         return [(x[order[i : i + bs]], y[order[i : i + bs]]) for i in range(0, len(x), bs)]
-
-    def state_dict(self) -> dict:
-        return {"shuffle": self._shuffle.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._shuffle.set_state(state["shuffle"])
 
     def build_supernet(self) -> Supernet:
         return PlantedNet(self.space, self.options.channels)
 
-    def search_batches(self) -> tuple[Iterable, Iterable]:
+    def search_batches(self, epoch: int) -> tuple[Iterable, Iterable]:
         # DARTS splits the training data in halves: weights on one, alphas on the other.
         x, y = self.train_set
         half = len(x) // 2 or 1
-        return self._batches((x[:half], y[:half]), True), self._batches((x[half:], y[half:]), True)
+        shuffle = self._shuffle("search", epoch)
+        return self._batches((x[:half], y[:half]), shuffle), self._batches((x[half:], y[half:]), shuffle)
 
-    def train_batches(self) -> Iterable:
-        return self._batches(self.train_set, True)
+    def train_batches(self, epoch: int) -> Iterable:
+        return self._batches(self.train_set, self._shuffle("train", epoch))
 
     def loss(self, model: nn.Module, batch) -> Mapping[str, torch.Tensor]:
         x, y = batch

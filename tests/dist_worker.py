@@ -75,8 +75,8 @@ def search(name: str, ctx: DistContext, union: int = 0) -> dict:
         "strategy_options": {"eval_samples": 3} if strategy_cls is RandomStrategy else {},
     })
 
-    def batches() -> tuple[list, list]:
-        wb, ab = task.search_batches()
+    def batches(epoch: int = 0) -> tuple[list, list]:
+        wb, ab = task.search_batches(epoch)
         if union:
             fake = [DistContext(rank=r, world_size=union, enabled=True) for r in range(union)]
             return _union([shard(wb, c) for c in fake]), _union([shard(ab, c) for c in fake])
@@ -90,7 +90,7 @@ def search(name: str, ctx: DistContext, union: int = 0) -> dict:
     seen = []
     for epoch in range(EPOCHS):
         strategy.before_epoch(epoch)
-        wb, ab = batches()
+        wb, ab = batches(epoch)
         seen.append(float(sum(float(x.sum()) for x, _ in wb)))
         for i, (w, a) in enumerate(zip(wb, ab)):
             t = epoch * steps + i

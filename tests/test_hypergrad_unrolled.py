@@ -175,10 +175,10 @@ class TinyTask(Task):
     def build_supernet(self) -> Supernet:
         return TinyNet().double()
 
-    def search_batches(self) -> tuple[Iterable, Iterable]:
+    def search_batches(self, epoch: int) -> tuple[Iterable, Iterable]:
         return [(self.xt, self.yt)] * 2, [(self.xv, self.yv)] * 2
 
-    def train_batches(self) -> Iterable:
+    def train_batches(self, epoch: int) -> Iterable:
         return [(self.xt, self.yt)]
 
     def loss(self, model: nn.Module, batch) -> Mapping[str, torch.Tensor]:
@@ -199,7 +199,7 @@ def test_bilevel_arch_step_applies_the_unrolled_gradient(hyper, tol, grad_clip):
     s = STRATEGIES.get("darts")(model, task, config, 2)
     (g,) = s.groups
     assert g.unroll.max_grad_norm == grad_clip
-    (wb, _), (ab, _) = task.search_batches()[0], task.search_batches()[1]
+    (wb, _), (ab, _) = task.search_batches(0)[0], task.search_batches(0)[1]
 
     seen: list[tuple[dict, torch.Tensor]] = []
     real_step = g.a_opt.step

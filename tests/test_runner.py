@@ -75,7 +75,7 @@ def test_search_lowers_the_validation_loss_of_the_supernet(hypergradient: str) -
     assert history[-1]["train/loss"] < 0.5 * history[0]["train/loss"]
     with torch.no_grad():  # the validation (architecture) half, which the search never trained on
         fresh = build_task(cfg, torch.device("cpu")).build_supernet()
-        _, arch_batches = task.search_batches()
+        _, arch_batches = task.search_batches(0)
         before = sum(float(task.arch_loss(fresh, b)["loss"]) for b in arch_batches)
         after = sum(float(task.arch_loss(model, b)["loss"]) for b in arch_batches)
     assert after < 0.5 * before

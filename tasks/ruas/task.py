@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -104,7 +104,6 @@ class RUASTask(Task):
 
     def __init__(self, options: RUASOptions, *, seed: int, device: torch.device) -> None:
         super().__init__(options, seed=seed, device=device)
-        self.epoch = 0
         self._data: tuple[Dataset, Dataset] | None = None
         if options.data == "folders" and options.root is None:
             raise ConfigError("task_options.root: data 'folders' needs a root folder (e.g. ../shared/data)")
@@ -149,36 +148,30 @@ class RUASTask(Task):
         return train, evaluation
 
     # -- data -------------------------------------------------------------------------------------
-    def _train_images(self) -> torch.Tensor:
-        """This epoch's crops of every training image, as one tensor (small sets: no loader)."""
+    def _train_images(self, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s crops of every training image in its order, as one tensor (small sets: no
+        workers): crops from (seed, epoch, image), the order from (seed, epoch), nothing from the global RNG."""
         data = self.train_set.dataset if isinstance(self.train_set, Subset) else self.train_set
-        data.set_epoch(self.epoch)  # type: ignore[attr-defined]
-        loader = DataLoader(self.train_set, batch_size=len(self.train_set), shuffle=False)
+        data.set_epoch(epoch)  # type: ignore[attr-defined]
+        # the loader draws its base seed from its generator; without one it would draw from the global RNG
+        loader = DataLoader(self.train_set, batch_size=len(self.train_set), shuffle=False,
+                            generator=torch.Generator().manual_seed(0))
         batch = next(iter(loader))
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
         return images[order].to(self.device)
 
     def _chunks(self, images: torch.Tensor) -> list[torch.Tensor]:
         bs = self.options.batch_size
         return [images[i : i + bs] for i in range(0, len(images) - bs + 1, bs)] or [images]
 
-    def search_batches(self) -> tuple[Iterable, Iterable]:
-        images = self._train_images()
-        self.epoch += 1
+    def search_batches(self, epoch: int) -> tuple[Iterable, Iterable]:
+        images = self._train_images(epoch)
         half = len(images) // 2
         return self._chunks(images[:half]), self._chunks(images[half:])
 
-    def train_batches(self) -> Iterable:
-        images = self._train_images()
-        self.epoch += 1
-        return self._chunks(images)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
+    def train_batches(self, epoch: int) -> Iterable:
+        return self._chunks(self._train_images(epoch))
 
     # -- model and losses -------------------------------------------------------------------------
     def build_supernet(self) -> Supernet:
@@ -299,32 +292,40 @@ class RUASTask(Task):
         return self.predict(model, low.unsqueeze(0).to(self.device))[0].cpu()
 
     @torch.no_grad()
+    def _evaluation(self, model: nn.Module) -> tuple[list, list, dict]:
+        """(outputs as (name, output, reference, input), per-image rows, means) on the evaluation set."""
+        from nasflow.tasks.ruas.metrics import evaluate_pairs
+
+        outputs = [(name, self.enhance(model, low), high, low) for name, low, high in self._eval_items()]
+        rows, means = evaluate_pairs(outputs)
+        return outputs, rows, means
+
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, genotype: Genotype) -> dict[str, float]:
         """PSNR (rounded 8-bit RGB), SSIM (scikit-image, channel_axis=2, data_range=255) and
         no-reference statistics on the evaluation set; ``identity_*``: the input left unchanged."""
         from nasflow.tasks.ruas.metrics import evaluate_pairs
 
-        outputs = [(name, self.enhance(model, low), high, low) for name, low, high in self._eval_items()]
-        rows, means = evaluate_pairs(outputs)
+        outputs, rows, means = self._evaluation(model)
         log.info("evaluation on %d images: PSNR on 8-bit RGB (rounded, not truncated); SSIM = scikit-image "
                  "structural_similarity(channel_axis=2, data_range=255); means over images", len(rows))
         _, identity = evaluate_pairs([(name, low, high, low) for name, _, high, low in outputs])
-        self._last = (outputs, rows, means)
         metrics = {k: float(v) for k, v in means.items() if isinstance(v, (int, float))}
         metrics.update({f"identity_{k}": float(v) for k, v in identity.items() if isinstance(v, (int, float))})
         return metrics
 
     def export(self, model: nn.Module, genotype: Genotype, run_dir: Path) -> None:
-        """per_image.csv, contact_sheet.png (input | output | reference) and splits.json."""
+        """per_image.csv, contact_sheet.png (input | output | reference) and splits.json.
+
+        Evaluates the model again rather than keeping :meth:`evaluate`'s outputs on the task: the
+        task holds no state between calls (a second pass over the small evaluation set).
+        """
         import json
 
         from nasflow.atomic import write_text_atomic
         from nasflow.tasks.ruas.metrics import contact_sheet, write_csv
 
-        outputs, rows, means = getattr(self, "_last", None) or (None, None, None)
-        if outputs is None:
-            self.evaluate(model, genotype)
-            outputs, rows, means = self._last
+        outputs, rows, means = self._evaluation(model)
         write_csv(rows, run_dir / "per_image.csv", means)
         contact_sheet([(name, [low, out, high]) for name, out, high, low in outputs[:8]], run_dir / "contact_sheet.png")
         write_text_atomic(run_dir / "splits.json", json.dumps(self.split_lists(), indent=1) + "\n")

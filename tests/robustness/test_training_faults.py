@@ -73,8 +73,8 @@ def test_nan_loss_in_training_stops_with_phase_epoch_and_hint(tmp_path: Path, mo
 
     real_train = PlantedTask.train_batches
 
-    def train_batches(self):  # noqa: ANN001, ANN202 - the search is untouched, training gets a NaN input
-        return [(x * float("nan"), y) for x, y in real_train(self)]
+    def train_batches(self, epoch):  # noqa: ANN001, ANN202 - the search is untouched, training gets a NaN input
+        return [(x * float("nan"), y) for x, y in real_train(self, epoch)]
 
     monkeypatch.setattr(PlantedTask, "train_batches", train_batches)
     out = tmp_path / "run"

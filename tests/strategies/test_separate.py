@@ -27,7 +27,7 @@ def _build(strategy: str, epochs: int, hypergradient: str = "first_order"):
     torch.manual_seed(0)
     task = build_task(cfg, torch.device("cpu"))
     model = task.build_supernet()
-    weight_batches, arch_batches = task.search_batches()
+    weight_batches, arch_batches = task.search_batches(0)
     steps = min(len(weight_batches), len(arch_batches))
     return STRATEGIES.get(strategy)(model, task, cfg.search, steps), model, task, cfg
 
@@ -55,7 +55,7 @@ def test_separate_search_moves_one_module_at_a_time(hypergradient: str) -> None:
     for epoch in range(4):
         strategy.before_epoch(epoch)
         searched, frozen = ("iem", "nrm") if epoch < 2 else ("nrm", "iem")
-        weight_batches, arch_batches = task.search_batches()
+        weight_batches, arch_batches = task.search_batches(epoch)
         for wb, ab in zip(weight_batches, arch_batches):
             before = _snapshot(model)
             logs = strategy.step(wb, ab)
@@ -90,7 +90,7 @@ def test_naive_joint_search_is_one_optimizer_over_both_modules() -> None:
     weight_ids = {id(p) for g in group.w_opt.param_groups for p in g["params"]}
     assert weight_ids == {id(p) for _, p in named_weight_parameters(model)}
     assert group.loss == task.loss and group.arch_loss == task.arch_loss  # one loss: IEM + NRM terms
-    weight_batches, arch_batches = task.search_batches()
+    weight_batches, arch_batches = task.search_batches(0)
     before = _snapshot(model)
     strategy.step(weight_batches[0], arch_batches[0])
     after = _snapshot(model)

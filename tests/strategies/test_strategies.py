@@ -48,10 +48,10 @@ class TwoModuleTask(Task):
     def build_supernet(self) -> Supernet:
         return TwoModuleNet()
 
-    def search_batches(self) -> tuple[Iterable, Iterable]:
+    def search_batches(self, epoch: int) -> tuple[Iterable, Iterable]:
         return [(self.x[:4], self.y[:4])] * 2, [(self.x[4:], self.y[4:])] * 2
 
-    def train_batches(self) -> Iterable:
+    def train_batches(self, epoch: int) -> Iterable:
         return [(self.x, self.y)]
 
     def loss_a(self, model: nn.Module, batch) -> Mapping[str, torch.Tensor]:
@@ -101,7 +101,7 @@ def test_cooperative_groups_own_their_labels_and_period_is_exact() -> None:
     assert a.spec.name == "a" and b.every == 3
     assert all(n.startswith("a.") for n in a.weight_names)
     assert any(n.startswith("b_stem.") for n in b.weight_names)
-    wb, ab = task.search_batches()
+    wb, ab = task.search_batches(0)
     alpha_b = model.arch["b"]
     changed = []
     for t in range(9):
@@ -115,7 +115,7 @@ def test_cooperative_groups_own_their_labels_and_period_is_exact() -> None:
 def test_cooperative_unroll_of_upstream_holds_downstream_current_weights() -> None:
     s, model, task = make("cooperative", hypergradient="finite_difference")
     a_group = s.groups[0]
-    wb, ab = task.search_batches()
+    wb, ab = task.search_batches(0)
     s.step(wb[0], ab[0])  # downstream weights move after the first step
     with torch.no_grad():
         model.b_stem.weight.add_(1.0)  # and now differ from anything seen before
@@ -128,7 +128,7 @@ def test_cooperative_unroll_of_upstream_holds_downstream_current_weights() -> No
 
 def test_warmup_delays_arch_updates() -> None:
     s, model, task = make("darts", warmup=2)
-    wb, ab = task.search_batches()
+    wb, ab = task.search_batches(0)
     alpha = model.arch["a"]
     before = alpha.detach().clone()
     s.step(wb[0], ab[0])
@@ -142,7 +142,7 @@ def test_warmup_delays_arch_updates() -> None:
 def test_tiny_search_lowers_the_validation_loss(hypergradient: str) -> None:
     s, model, task = make("darts", hypergradient=hypergradient,
                           weight_optimizer={"lr": 0.05}, arch_optimizer={"lr": 0.05})
-    wb, ab = task.search_batches()
+    wb, ab = task.search_batches(0)
     with torch.no_grad():
         start = float(task.loss(model, ab[0])["loss"])
     for _ in range(15):
@@ -164,7 +164,7 @@ def test_gdas_anneals_temperature_linearly() -> None:
 
 def test_random_search_ends_on_its_best_sample() -> None:
     s, model, task = make("random", strategy_options={"eval_samples": 5})
-    wb, ab = task.search_batches()
+    wb, ab = task.search_batches(0)
     s.step(wb[0], ab[0])
     s.after_epoch(1)
     assert len(s.scores) == 5

@@ -39,7 +39,7 @@ def test_data_and_teacher_are_deterministic() -> None:
 
 def test_search_split_halves_do_not_overlap() -> None:
     task = make(train_samples=16, batch_size=4)
-    weight_batches, arch_batches = task.search_batches()
+    weight_batches, arch_batches = task.search_batches(0)
     seen_w = {tuple(x.flatten()[:4].tolist()) for xb, _ in weight_batches for x in xb}
     seen_a = {tuple(x.flatten()[:4].tolist()) for xb, _ in arch_batches for x in xb}
     assert len(seen_w) == 8 and len(seen_a) == 8 and not seen_w & seen_a

@@ -17,7 +17,7 @@ def test_two_step_cooperative_search_on_32px_images() -> None:
     torch.manual_seed(0)
     task = build_task(cfg, torch.device("cpu"))
     assert isinstance(task, RUASTask)
-    weight_batches, arch_batches = task.search_batches()
+    weight_batches, arch_batches = task.search_batches(0)
     assert weight_batches[0].shape == (2, 3, 32, 32)
     before = {label: a.detach().clone() for label, a in task.build_supernet().arch.alphas.items()}
     result = search(cfg, task, _Progress(quiet=True))
@@ -34,7 +34,7 @@ def test_groups_are_cooperative() -> None:
     model = task.build_supernet()
     iem, nrm = task.search_groups(model)
     assert (iem.labels, nrm.labels, nrm.every) == (("iem",), ("nrm",), 1)
-    y = task.search_batches()[0][0]
+    y = task.search_batches(0)[0][0]
     arch_terms = iem.arch_loss(model, y)  # the IEM architecture sees the NRM loss too
     assert "nrm_loss" in arch_terms and "iem_loss" in arch_terms
     (g_iem,) = torch.autograd.grad(arch_terms["loss"], model.arch["iem"], retain_graph=True)
@@ -55,7 +55,7 @@ def test_group_losses_skip_work_without_changing_their_gradients() -> None:
     task = build_task(cfg, torch.device("cpu"))
     torch.manual_seed(1)
     model = task.build_supernet()
-    y = task.search_batches()[0][0]
+    y = task.search_batches(0)[0][0]
     o = task.options
     iem_params = [*weight_parameters(model, "iem"), model.arch["iem"]]
     nrm_params = [*weight_parameters(model, "nrm"), model.arch["nrm"]]
@@ -82,20 +82,26 @@ def test_group_losses_skip_work_without_changing_their_gradients() -> None:
                                                       allow_unused=True))
 
 
-def test_task_state_round_trips_the_epoch_counter() -> None:
+def test_batches_are_a_function_of_seed_and_epoch_alone() -> None:
+    """What a resumed run relies on: a fresh task rebuilds any epoch's batches from its number alone."""
     cfg = load_run_config("ruas", TINY)
     a = build_task(cfg, torch.device("cpu"))
-    a.search_batches()
+    a.search_batches(0)
+    a.train_batches(0)
     b = build_task(cfg, torch.device("cpu"))
-    b.load_state_dict(a.state_dict())
-    assert torch.equal(a.search_batches()[0][0], b.search_batches()[0][0])
+    assert torch.equal(a.search_batches(1)[0][0], b.search_batches(1)[0][0])
+    assert torch.equal(a.search_batches(1)[0][0], a.search_batches(1)[0][0])  # no state advanced by a call
+    assert not torch.equal(b.search_batches(0)[0][0], b.search_batches(1)[0][0])  # fresh crops per epoch
+    rng = torch.get_rng_state()
+    a.search_batches(2), a.train_batches(2)
+    assert torch.equal(rng, torch.get_rng_state())  # nothing drawn from the global RNG
 
 
 def test_nrm_loss_weights_come_from_the_options() -> None:
     cfg = load_run_config("ruas", TINY + ["task_options.nrm_mse_weight=2.0", "task_options.nrm_tv_weight=0.5"])
     task = build_task(cfg, torch.device("cpu"))
     model = task.build_supernet()
-    y = task.search_batches()[0][0]
+    y = task.search_batches(0)[0][0]
     terms = task.nrm_terms(model, y)
     assert torch.allclose(terms["loss"], 2.0 * terms["mse"] + 0.5 * terms["tv"])
 
@@ -152,7 +158,7 @@ def test_lol_config_reads_the_shared_data(tmp_path) -> None:
     if not (root / "lol" / "low").is_dir():
         pytest.skip("../shared/data is not here")
     task = build_task(load_run_config("ruas_lol", [f"task_options.root={root}"]), torch.device("cpu"))
-    weight_batches, _ = task.search_batches()
+    weight_batches, _ = task.search_batches(0)
     assert weight_batches[0].shape[1:] == (3, 64, 64)
     stems = sorted(p.stem for p in (root / "lol" / "low").iterdir())
     assert [name for name, _, _ in task._eval_items()] == stems
@@ -201,7 +207,7 @@ def test_iem_loss_is_taken_against_the_exposed_image() -> None:
     task = build_task(cfg, torch.device("cpu"))
     model = task.build_supernet()
     assert model.exposure_key == 0.46
-    y = 0.3 * task.search_batches()[0][0]
+    y = 0.3 * task.search_batches(0)[0][0]
     _, ts = model.illumination(y)
     want = task._iem(ts, model.expose(y))
     for terms in (task.iem_terms(model, y), {k[4:]: v for k, v in task.loss(model, y).items() if k.startswith("iem_")}):
