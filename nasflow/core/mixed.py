@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.core.ops import OpSpec, PlainConv, Residual, same_size_conv
+from nasflow.core.ops import OpSpec, linear_form, same_size_conv
 from nasflow.registries import RELAXATIONS
 
 
@@ -120,22 +120,19 @@ class _LinearPart:
     dilation: int = 1
 
 
-def _linear_form(module: nn.Module, path: tuple[str, ...] = ()) -> tuple[tuple[str, ...] | None, float, int, int] | None:
-    """``module`` as (conv path, identity coefficient, kernel, dilation), or None if not of that form."""
-    kind = type(module)
-    if kind is nn.Identity:
-        return None, 1.0, 1, 1
-    if kind is nn.Conv2d:
-        shape = same_size_conv(module)
-        if shape is None or module.in_channels != module.out_channels:
-            return None
-        return path, 0.0, *shape
-    if kind is PlainConv:
-        return _linear_form(module.op, (*path, "op"))
-    if kind is Residual:
-        inner = _linear_form(module.op, (*path, "op"))
-        return None if inner is None else (inner[0], inner[1] + 1.0, inner[2], inner[3])
-    return None
+def _linear_form(module: nn.Module) -> tuple[tuple[str, ...] | None, float, int, int] | None:
+    """``module`` as (conv path, identity coefficient, kernel, dilation) (:func:`~nasflow.core.ops.linear_form`
+    with a same-size conv keeping its channels), or None if not of that form."""
+    form = linear_form(module)
+    if form is None:
+        return None
+    conv, path, identity = form
+    if conv is None:
+        return None, identity, 1, 1
+    shape = same_size_conv(conv)
+    if shape is None or conv.in_channels != conv.out_channels:
+        return None
+    return path, identity, *shape
 
 
 def _linear_plan(ops: Sequence[nn.Module], zero_mask: Sequence[bool], stride: int) -> tuple[tuple[_LinearPart, ...], int] | None:

@@ -141,6 +141,28 @@ class PlainConv(nn.Module):
         return self.op(x)
 
 
+def linear_form(module: nn.Module, convs: tuple[type, ...] = (nn.Conv2d,),
+                path: tuple[str, ...] = ()) -> tuple[nn.Module | None, tuple[str, ...] | None, float] | None:
+    """``module`` as ``conv(x) + identity * x``: ``(conv module, its attribute path, identity)``.
+
+    The conv (None for a bare identity) is the innermost module of a type in ``convs``, reached
+    through :class:`PlainConv` and :class:`Residual` (each residual adds 1 to ``identity``); None
+    when ``module`` is not of that form. The one reader of this form: mixed ops fuse an edge's
+    candidates with it, the fast path folds residuals with it; each checks the conv's shape itself.
+    """
+    kind = type(module)
+    if kind is nn.Identity:
+        return None, None, 1.0
+    if kind in convs:
+        return module, path, 0.0
+    if kind is PlainConv:
+        return linear_form(module.op, convs, (*path, "op"))
+    if kind is Residual:
+        inner = linear_form(module.op, convs, (*path, "op"))
+        return None if inner is None else (inner[0], inner[1], inner[2] + 1.0)
+    return None
+
+
 def same_size_conv(conv: nn.Module) -> tuple[int, int] | None:
     """``(kernel, dilation)`` of a plain square, odd, stride-1, ungrouped, zero-padded ``nn.Conv2d`` whose
     output has its input's size (dilation 1 for a 1x1 kernel); None for anything else.

@@ -15,7 +15,7 @@ on the whole image, then ``local`` in tiles.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -105,20 +105,33 @@ def split_global(module: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tens
     return own() if callable(own) else None
 
 
+def halo_split(length: int, edges: Sequence[int], halo: int) -> list[tuple[slice, slice]]:
+    """One axis cut at ``edges`` (``0 = e_0 < ... < e_n = length``): per piece, the span to read
+    (the core plus ``halo`` either side, clipped at the border) and the core inside that span.
+
+    The one halo splitter: tiles (:func:`tile_boxes`) cut both axes with it, the fast path's row
+    bands (:func:`nasflow.infer.fastpath.run_in_bands`) the rows.
+    """
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        lo, hi = max(a - halo, 0), min(b + halo, length)
+        out.append((slice(lo, hi), slice(a - lo, b - lo)))
+    return out
+
+
 def tile_boxes(height: int, width: int, tile: int, halo: int) -> Iterator[tuple[slice, slice, slice, slice]]:
     """Per tile: (rows, cols) to read from the image and (rows, cols) of the core inside that crop.
 
     The core tiles partition the image; each read box adds ``halo`` pixels around its core,
-    clipped at the image border.
+    clipped at the image border (:func:`halo_split` on each axis).
     """
     if tile < 1:
         raise ValueError(f"tile must be positive, got {tile}")
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            r0, c0 = max(top - halo, 0), max(left - halo, 0)
-            r1, c1 = min(bottom + halo, height), min(right + halo, width)
-            yield (slice(r0, r1), slice(c0, c1), slice(top - r0, bottom - r0), slice(left - c0, right - c0))
+    rows = halo_split(height, [*range(0, height, tile), height], halo)
+    cols = halo_split(width, [*range(0, width, tile), width], halo)
+    for read_rows, core_rows in rows:
+        for read_cols, core_cols in cols:
+            yield read_rows, read_cols, core_rows, core_cols
 
 
 def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, halo: int,

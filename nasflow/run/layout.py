@@ -1,8 +1,8 @@
 """Memory layout of search and training tensors: channels-last on CPUs.
 
-oneDNN's convolutions on a CPU run 2-5x faster forward and backward on channels-last (NHWC)
-tensors than on NCHW ones when a network has a handful of channels (measured on the RUAS
-supernet's 3- and 6-channel 5x5 convolutions, see ``benchmarks/search_speed.py``). Converting
+oneDNN's convolutions on a CPU run several times faster forward and backward on channels-last
+(NHWC) tensors than on NCHW ones when a network has a handful of channels (figures:
+``benchmarks/README.md``, ``benchmarks/search_speed.py``). Converting
 the model's weights (``model.to(memory_format=...)``, in place) and each batch once is enough: every op downstream keeps the layout.
 """
 

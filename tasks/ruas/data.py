@@ -29,66 +29,31 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from nasflow.errors import NasflowError
+from nasflow.infer.imageio import IMAGE_SUFFIXES, ImageError
+from nasflow.infer.imageio import read_image as decode_image
 from nasflow.registries import DATASETS
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"})
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+"""The suffixes :func:`list_images` takes: the engine's (:data:`nasflow.infer.imageio.IMAGE_SUFFIXES`),
+so a folder trains on exactly the files ``nasflow enhance`` would read from it."""
+
 
 # -- reading ---------------------------------------------------------------------------------
-
-
-def _to_array(img) -> np.ndarray:  # noqa: ANN001 - a PIL image
-    """A PIL image -> float32 HxWx3 array in [0, 1] (alpha dropped, gray replicated)."""
-    mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = np.asarray(img).astype(np.float32) / 65535.0
-    elif mode == "I":
-        # Pillow opens 16-bit grayscale PNG/TIFF as 32-bit "I"; the data are 16-bit.
-        arr = np.clip(np.asarray(img).astype(np.float32) / 65535.0, 0.0, 1.0)
-    elif mode == "F":
-        arr = np.clip(np.asarray(img).astype(np.float32), 0.0, 1.0)
-    elif mode in ("L", "RGB"):
-        arr = np.asarray(img).astype(np.float32) / 255.0
-    elif mode == "RGBA":
-        arr = np.asarray(img)[..., :3].astype(np.float32) / 255.0
-    elif mode == "LA":
-        arr = np.asarray(img)[..., 0].astype(np.float32) / 255.0
-    elif mode == "1":
-        arr = np.asarray(img.convert("L")).astype(np.float32) / 255.0
-    else:  # P, PA, CMYK, YCbCr, LAB, HSV, RGBX, ...
-        arr = np.asarray(img.convert("RGB")).astype(np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"unsupported layout {arr.shape} (mode {mode})")
-    return arr
 
 
 def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Read an image as a float32 ``(3, H, W)`` RGB tensor in ``[0, 1]``.
 
-    PNG, JPEG, BMP, TIFF, WebP, PNM; 8- or 16-bit (16-bit gray PNG/TIFF scale by 65535);
-    gray is replicated to 3 channels, alpha is dropped (not composited), palettes are
-    expanded; the first frame of a multi-frame file is used; EXIF orientation is applied.
-    An unreadable or corrupt file raises :class:`NasflowError` naming the file.
+    Decoded by the engine's one decoder (:func:`nasflow.infer.imageio.read_image`): the format
+    from the content, 8- or 16-bit (16-bit scale by 65535), gray replicated to 3 channels, alpha
+    dropped (not composited), palettes expanded, the first frame of a multi-frame file, EXIF
+    orientation applied. An unreadable or corrupt file raises :class:`NasflowError` naming it.
     """
-    from PIL import Image, ImageOps
-
-    p = Path(path)
-    if not p.is_file():
-        raise NasflowError(f"image file not found: {p}")
     try:
-        with Image.open(p) as img:
-            img.load()
-            try:
-                img = ImageOps.exif_transpose(img) or img
-            except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the pixels
-                pass
-            arr = _to_array(img)
-    except NasflowError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        raise NasflowError(f"cannot read image {p}: {type(exc).__name__}: {exc}") from None
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        loaded = decode_image(path)
+    except ImageError as exc:
+        raise ImageError(exc.path, exc.problem) from None  # one line naming the file, no decoder traceback
+    return torch.from_numpy(np.ascontiguousarray(loaded.rgb.transpose(2, 0, 1)))
 
 
 def list_images(folder: str | os.PathLike[str], recursive: bool = False) -> list[Path]:

@@ -14,9 +14,9 @@ computed with:
 * a thread policy: by default the image is split in as many row bands as there are intra-op
   threads, evaluated on that many Python threads with one intra-op thread each; each band carries
   a halo of the network's receptive radius (computed from the genotype), so the result is the
-  one-piece result. Measured at 600x400 on 2 cores: 46 ms with bands against 40 ms with two
-  OpenMP threads when the cores are idle, but when another process keeps the cores busy, OpenMP's
-  barriers stall (about 850 ms per image) while the bands degrade gracefully. ``bands=0`` uses the
+  one-piece result. On idle cores bands are a little slower than two OpenMP threads, but when
+  another process keeps the cores busy OpenMP's barriers stall while the bands degrade
+  gracefully (figures: ``benchmarks/README.md``). ``bands=0`` uses the
   intra-op threads instead; ``bands=N`` forces N bands.
 """
 

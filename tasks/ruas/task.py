@@ -282,7 +282,7 @@ class RUASTask(Task):
 
         if hasattr(model, "noise_gate"):
             return model  # the journal release's per-image gate: the fast path has no place for it
-        # channels-last pays on CPUs (oneDNN); on a GPU (H200, 1920x1080) NCHW measured 12.2 ms against 13.8
+        # channels-last pays on CPUs (oneDNN); on a GPU NCHW is faster (figures: benchmarks/README.md)
         on_cpu = next(model.parameters()).device.type == "cpu"
         return fast_ruas(model, channels_last=on_cpu)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from nasflow.infer.fastpath.conv import FastConv, _Conv, _same_conv
-from nasflow.core.ops import PlainConv, Residual
+from nasflow.core.ops import linear_form
 
 
 class Unsupported(Exception):
@@ -16,19 +16,16 @@ class Unsupported(Exception):
 
 
 def _linear_form(module: nn.Module) -> tuple[_Conv | None, float] | None:
-    """``module`` as ``conv(x) + coef * x`` (conv may be None), or None if it is not of that form."""
-    kind = type(module)
-    if kind is nn.Identity:
-        return None, 1.0
-    if kind is nn.Conv2d or kind is FastConv:
-        conv = _same_conv(module)
-        return None if conv is None else (conv, 0.0)
-    if kind is PlainConv:
-        return _linear_form(module.op)
-    if kind is Residual:
-        inner = _linear_form(module.op)
-        return None if inner is None else (inner[0], inner[1] + 1.0)
-    return None
+    """``module`` as ``conv(x) + coef * x`` (conv may be None; :func:`nasflow.core.ops.linear_form`, which
+    also sees :class:`FastConv`), or None if it is not of that form."""
+    form = linear_form(module, (nn.Conv2d, FastConv))
+    if form is None:
+        return None
+    module, _, coef = form
+    if module is None:
+        return None, coef
+    conv = _same_conv(module)
+    return None if conv is None else (conv, coef)
 
 
 _ELEMENTWISE = (

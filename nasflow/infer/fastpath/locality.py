@@ -44,18 +44,16 @@ def run_in_bands(
     border are discarded, so the result equals ``fn(x)`` (the same arithmetic on every pixel).
     Robust where other processes share the cores: no thread waits for another between ops.
     """
-    h = x.shape[-2]
-    edges = [round(i * h / bands) for i in range(bands + 1)]
-    parts = []
-    for a, b in zip(edges[:-1], edges[1:]):
-        lo, hi = max(0, a - halo), min(h, b + halo)
-        parts.append((lo, hi, a - lo, a - lo + (b - a)))
+    from nasflow.infer.tiling import halo_split
 
-    def one(part: tuple[int, int, int, int]) -> torch.Tensor:
-        lo, hi, c0, c1 = part
+    h = x.shape[-2]
+    parts = halo_split(h, [round(i * h / bands) for i in range(bands + 1)], halo)
+
+    def one(part: tuple[slice, slice]) -> torch.Tensor:
+        rows, core = part
         torch.set_num_threads(1)  # this worker's own intra-op setting (per thread under OpenMP)
         with torch.inference_mode():
-            return fn(x[:, :, lo:hi])[:, :, c0:c1]
+            return fn(x[:, :, rows])[:, :, core]
 
     with torch.inference_mode():
         return torch.cat(list(pool.map(one, parts)), dim=2)
