@@ -22,8 +22,6 @@ computed with:
 
 from __future__ import annotations
 
-import copy
-import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -36,7 +34,7 @@ from nasflow.core.cell import Cell
 from nasflow.infer.fastpath import (
     CL, FastOptions, FusedCell, cell_radius, fold_chain, inference_policy, op_radius, prepare, run_in_bands,
 )
-from nasflow.tasks.ruas.model import STEP, T_MIN, global_exposure
+from nasflow.tasks.ruas.model import STEP, T_MIN, global_exposure, split_exposure
 
 
 def max_filter2x2_(x: torch.Tensor) -> torch.Tensor:
@@ -103,11 +101,7 @@ class FastRUAS(nn.Module):
 
     def split_global(self) -> "tuple[Any, FastRUAS] | None":
         """``(expose, the rest)`` for tiled inference, as :meth:`RUASNet.split_global`."""
-        if not self.exposure_key:
-            return None
-        local = copy.copy(self)  # shares every weight; its runtime is rebuilt by __setstate__
-        local.exposure_key = 0.0
-        return functools.partial(global_exposure, key=self.exposure_key, t_min=self.t_min), local
+        return split_exposure(self)
 
     def band_count(self, height: int, device: torch.device | str = "cpu") -> int:
         """How many row bands an image of ``height`` rows is cut into (1: one piece; always on a GPU)."""

@@ -48,6 +48,17 @@ def global_exposure(y: torch.Tensor, key: float, t_min: float = T_MIN) -> torch.
     return torch.clamp(y / t0, 0.0, 1.0)
 
 
+def split_exposure(network: nn.Module) -> "tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None":
+    """``(the global exposure, a copy of network without it)`` for a network with ``exposure_key`` and
+    ``t_min`` (RUASNet, FastRUAS); None when the step is off. The copy shares every weight (a shallow
+    copy: only the flag differs; FastRUAS rebuilds its runtime in ``__setstate__``)."""
+    if not network.exposure_key:
+        return None
+    local = copy.copy(network)
+    local.exposure_key = 0.0
+    return functools.partial(global_exposure, key=network.exposure_key, t_min=network.t_min), local
+
+
 def max_filter2x2(x: torch.Tensor) -> torch.Tensor:
     """2x2 max filter, stride 1, per channel, zero padding at the bottom and right.
 
@@ -155,11 +166,7 @@ class RUASNet(Supernet):
     def split_global(self) -> "tuple[Callable[[torch.Tensor], torch.Tensor], RUASNet] | None":
         """``(expose, the rest)`` for tiled inference (:func:`nasflow.infer.tiling.split_global`): the global
         exposure reads the whole image once; the network after it is local. None without the step."""
-        if not self.exposure_key:
-            return None
-        local = copy.copy(self)  # shares every weight; only the flag differs
-        local.exposure_key = 0.0
-        return functools.partial(global_exposure, key=self.exposure_key, t_min=self.t_min), local
+        return split_exposure(self)
 
     def illumination(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The IEM: ``(u_K, [t_1, ..., t_K])``, the maps relative to :meth:`expose`'s image."""
