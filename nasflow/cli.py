@@ -107,6 +107,7 @@ _ENHANCE_EPILOG = """\
 examples:
   nasflow enhance dark.jpg -o out/                      one photo with the default shipped model
   nasflow enhance photos/ -o out/ --model ruas-lol      a folder; very dark, noisy scenes
+  nasflow enhance dark.jpg -o out/ --exposure-bias 0.5  half a stop brighter than the model's choice
   nasflow enhance 'shots/**/*.png' -o out/ --recursive  a glob pattern, sub-folders kept
   nasflow enhance photos/ -o out/ --model runs/ruas-X   a model you trained (run folder or model.pt)
   nasflow enhance video_frames/ -o out/ --device cuda --precision fp16
@@ -238,7 +239,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from nasflow.infer.models import default_model_name
 
     enhancer = load_model(args.model or default_model_name(), device=args.device, tile=args.tile,
-                          precision=args.precision, cuda_graphs=args.cuda_graphs, compile=args.compile)
+                          precision=args.precision, cuda_graphs=args.cuda_graphs, compile=args.compile,
+                          exposure_bias=args.exposure_bias)
     for note in enhancer.loaded.notes:
         print(f"nasflow: note: {note}", file=sys.stderr)
     jobs, refused = plan_jobs(args.inputs, args.output, fmt=args.format, recursive=args.recursive,
@@ -406,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     enh.add_argument("--compile", action="store_true",
                      help="torch.compile the network (GPU: about 1.5x faster per frame; each new image size first "
                           "compiles for 5-10 s, so for many images of one size)")
+    enh.add_argument("--exposure-bias", type=float, default=0.0, metavar="EV",
+                     help="exposure compensation in stops, as photo tools have: +1 doubles the gain the model's "
+                          "exposure step applies (brighter), -1 halves it (darker); models without such a step "
+                          "refuse a bias (default: 0)")
     enh.add_argument("--overwrite", action="store_true", help="replace existing outputs (inputs never)")
     enh.add_argument("--max-pixels", type=_non_negative_int, default=100_000_000, metavar="N",
                      help="refuse images declaring more pixels than this before decoding them (decompression "

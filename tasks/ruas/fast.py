@@ -34,7 +34,7 @@ from nasflow.core.cell import Cell
 from nasflow.infer.fastpath import (
     CL, FastOptions, FusedCell, cell_radius, fold_chain, inference_policy, op_radius, prepare, run_in_bands,
 )
-from nasflow.tasks.ruas.model import STEP, T_MIN, global_exposure, split_exposure
+from nasflow.tasks.ruas.model import STEP, T_MIN, split_exposure
 
 
 def max_filter2x2_(x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class FastRUAS(nn.Module):
         self.use_nrm = bool(inner.use_nrm)
         self.warm_start = bool(getattr(inner, "warm_start", True))
         self.t_min = float(getattr(inner, "t_min", T_MIN))
-        self.exposure_key = float(getattr(inner, "exposure_key", 0.0))
+        self.exposure = getattr(inner, "exposure", None)  # the global exposure policy (None: off)
         if self.use_nrm:
             chain = [inner.nrm_stem, *inner.nrm_cells, inner.nrm_out]
             if options.fold_chains:
@@ -95,7 +95,7 @@ class FastRUAS(nn.Module):
 
         if self.radius is None:
             raise NotTileable("a cell of this network has an op of unknown extent")
-        if self.exposure_key:
+        if self.exposure is not None:
             raise NotTileable("the global exposure step reads the whole image's mean: tiles would change the output")
         return self.radius
 
@@ -148,7 +148,8 @@ class FastRUAS(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         with inference_policy(self.options):
-            y = global_exposure(y, self.exposure_key, self.t_min)  # on the whole image, before any band split
+            if self.exposure is not None:
+                y = self.exposure(y)  # on the whole image, before any band split
             if self.options.channels_last and y.dim() == 4:
                 y = y.contiguous(memory_format=CL)
             n = self.band_count(y.shape[-2], y.device)

@@ -209,7 +209,7 @@ def _resolve_smooth(smooth: str | Callable[..., Tensor]) -> Callable[..., Tensor
 
 
 def exposure_target(y: Tensor, *, level: float, power: float, sigma: float = 0.0, t_min: float = 1e-3,
-                    luminance: str = "max") -> Tensor:
+                    luminance: str = "max", max_lift_ev: float | None = None) -> Tensor:
     """An illumination target that brightens dark regions and leaves bright ones alone (nasflow).
 
     The released fidelity pulls ``t`` towards ``y`` itself, so ``u = y / t`` is driven to 1 (white)
@@ -224,6 +224,10 @@ def exposure_target(y: Tensor, *, level: float, power: float, sigma: float = 0.0
     gamma-like lift of dark regions that keeps their contrast for ``power < 1``) and ``L`` itself
     at or above ``level`` (no change). ``power = 1`` maps every dark region to ``level``. The
     target carries no gradient. Hue is kept because the three channels share one target.
+
+    ``max_lift_ev`` caps the lift at that many stops: ``t* >= 2 ** -max_lift_ev``. The scene-adaptive
+    policy caps it at half a stop, so that with the global step's half stop of highlight headroom a
+    night scene's background brightens by at most one stop (:mod:`nasflow.tasks.ruas.exposure`).
     """
     if not 0.0 < level <= 1.0:
         raise ValueError(f"level must be in (0, 1], got {level}")
@@ -236,6 +240,8 @@ def exposure_target(y: Tensor, *, level: float, power: float, sigma: float = 0.0
         if sigma > 0:
             lum = _gaussian_blur(lum, sigma)
         target = torch.clamp(lum / level, t_min, 1.0) ** power
+        if max_lift_ev is not None:
+            target = target.clamp_min(2.0 ** -max_lift_ev)
     return target.expand_as(y)
 
 

@@ -34,29 +34,30 @@ from nasflow.core.genotype import GenoEdge, Genotype
 from nasflow.core.space import CellSpace
 from nasflow.spaces.distill_cell import DistillCellSpace
 from nasflow.core.supernet import Supernet, tag
+from nasflow.tasks.ruas.exposure import ExposurePolicy, ExposureStep
 
 T_MIN = 0.001  # lower clamp of the illumination map (as released)
 STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as released)
 
 
-def global_exposure(y: torch.Tensor, key: float, t_min: float = T_MIN) -> torch.Tensor:
-    """nasflow's global exposure step (:meth:`RUASNet.expose`): ``y / clamp(mean(y) / key, t_min, 1)``,
-    clipped to [0, 1], per image; ``key = 0`` leaves ``y`` as it is."""
+def exposure_policy(key: float, headroom_ev: float | None = None, highlight_quantile: float = 0.99,
+                    t_min: float = T_MIN) -> ExposurePolicy | None:
+    """The global exposure step for a network's options (:mod:`nasflow.tasks.ruas.exposure`); None at ``key = 0``."""
     if not key:
-        return y
-    t0 = torch.clamp(y.mean(dim=(1, 2, 3), keepdim=True) / key, t_min, 1.0)
-    return torch.clamp(y / t0, 0.0, 1.0)
+        return None
+    return ExposurePolicy(target=key, headroom_ev=headroom_ev, highlight_quantile=highlight_quantile, t_min=t_min)
 
 
-def split_exposure(network: nn.Module) -> "tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None":
-    """``(the global exposure, a copy of network without it)`` for a network with ``exposure_key`` and
-    ``t_min`` (RUASNet, FastRUAS); None when the step is off. The copy shares every weight (a shallow
-    copy: only the flag differs; FastRUAS rebuilds its runtime in ``__setstate__``)."""
-    if not network.exposure_key:
+def split_exposure(network: nn.Module) -> "tuple[Callable[..., torch.Tensor], nn.Module] | None":
+    """``(the global exposure step, a copy of network without it)`` for a network with an ``exposure``
+    policy (RUASNet, FastRUAS); None when the step is off. The copy shares every weight (a shallow
+    copy: only the policy differs; FastRUAS rebuilds its runtime in ``__setstate__``). The step takes
+    the user's exposure bias (:class:`~nasflow.tasks.ruas.exposure.ExposureStep`)."""
+    if network.exposure is None:
         return None
     local = copy.copy(network)
-    local.exposure_key = 0.0
-    return functools.partial(global_exposure, key=network.exposure_key, t_min=network.t_min), local
+    local.exposure = None
+    return ExposureStep(network.exposure), local
 
 
 def max_filter2x2(x: torch.Tensor) -> torch.Tensor:
@@ -108,6 +109,8 @@ class RUASNet(Supernet):
         use_nrm: bool = True,
         warm_start: bool = True,
         exposure_key: float = 0.0,
+        exposure_headroom_ev: float | None = None,
+        exposure_highlight: float = 0.99,
     ) -> None:
         super().__init__()
         if not 0.0 <= exposure_key <= 1.0:
@@ -124,7 +127,7 @@ class RUASNet(Supernet):
                              f"{len(self.space.graph().inputs)}")
         self.use_nrm = use_nrm
         self.warm_start = warm_start
-        self.exposure_key = float(exposure_key)
+        self.exposure = exposure_policy(float(exposure_key), exposure_headroom_ev, exposure_highlight, self.t_min)
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
         if use_nrm:
             self.nrm_stem = tag(nn.Conv2d(3, nrm_channels, 3, padding=1, bias=True), "nrm")
@@ -138,7 +141,7 @@ class RUASNet(Supernet):
         the cells' longest conv paths plus one pixel per IEM stage for the 2x2 max filter."""
         from nasflow.infer.tiling import NotTileable, receptive_halo
 
-        if self.exposure_key:
+        if self.exposure is not None:
             raise NotTileable("the global exposure step reads the whole image's mean: tiles would change the output")
         iem = sum(receptive_halo(cell) + 1 for cell in self.iem_cells) - (0 if self.warm_start else 1)
         if not self.use_nrm:
@@ -147,23 +150,13 @@ class RUASNet(Supernet):
         return iem + nrm + receptive_halo(self.nrm_out)
 
     def expose(self, y: torch.Tensor) -> torch.Tensor:
-        """The global exposure step (nasflow, off at ``exposure_key = 0``): the input the IEM refines.
+        """The global exposure step (:mod:`nasflow.tasks.ruas.exposure`; off at ``exposure_key = 0``):
+        the input the IEM refines. The total illumination is ``t_0 * t_k`` with ``t_0 = 1 / gain``. It
+        carries no parameters and no gradient to the data; during training it sees each crop, at
+        inference the whole image (tiles included: :meth:`split_global`)."""
+        return y if self.exposure is None else self.exposure(y)
 
-        The IEM is local (an output pixel sees about 10 pixels), so it cannot tell a dark photo from
-        a dark corner of a bright one. This step is Retinex with a constant illumination: per image,
-        with ``m`` the mean of ``y`` over channels and pixels and ``k = exposure_key``::
-
-            t_0 = clamp(m / k, t_min, 1)        y <- clamp(y / t_0, 0, 1)
-
-        so a photo darker than ``k`` is scaled until its mean reaches ``k`` (before clipping), and a
-        photo at or above ``k`` is left as it is (never darkened). ``k = 0.46`` is middle grey (18 %
-        reflectance, sRGB-encoded), the key the zone system and Reinhard et al. 2002 tone mapping
-        expose to. The total illumination is ``t_0 * t_k``. It carries no parameters and no gradient
-        to the data; during training it sees each crop, at inference the whole image.
-        """
-        return global_exposure(y, self.exposure_key, self.t_min)
-
-    def split_global(self) -> "tuple[Callable[[torch.Tensor], torch.Tensor], RUASNet] | None":
+    def split_global(self) -> "tuple[Callable[..., torch.Tensor], RUASNet] | None":
         """``(expose, the rest)`` for tiled inference (:func:`nasflow.infer.tiling.split_global`): the global
         exposure reads the whole image once; the network after it is local. None without the step."""
         return split_exposure(self)

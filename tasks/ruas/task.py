@@ -62,6 +62,12 @@ class RUASOptions:
     # global exposure before the IEM: each image darker than this mean brightness is scaled up to it (0: off,
     # released RUAS; 0.46: middle grey); see RUASNet.expose
     exposure_key: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    # the scene-adaptive policy (tasks/ruas/exposure.py): the global gain may push the image's highlights (its
+    # exposure_highlight quantile of the channel maximum) at most this many stops past full scale (None: no limit)
+    exposure_headroom_ev: float | None = field(default=None, metadata={"min": 0.0})
+    exposure_highlight: float = field(default=0.99, metadata={"min": 0.5, "max": 1.0})
+    # the IEM's exposure target lifts a region by at most this many stops (None: no cap); see losses.exposure_target
+    exposure_max_lift_ev: float | None = field(default=None, metadata={"min": 0.0})
     fidelity_stages: str = field(default="last", metadata={"choices": ("last", "all")})  # released: last
     nrm_channels: int = field(default=6, metadata={"min": 1})
     # training the compiled network: both modules at once, or the IEM first and then the NRM on its output
@@ -182,7 +188,8 @@ class RUASTask(Task):
             return JournalRUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels,
                                   use_nrm=o.use_nrm, warm_start=o.warm_start)
         return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm,
-                       warm_start=o.warm_start, exposure_key=o.exposure_key)
+                       warm_start=o.warm_start, exposure_key=o.exposure_key,
+                       exposure_headroom_ev=o.exposure_headroom_ev, exposure_highlight=o.exposure_highlight)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""
@@ -195,7 +202,7 @@ class RUASTask(Task):
         target = None
         if o.fidelity_target == "exposure":
             target = exposure_target(y, level=o.exposure_level, power=o.exposure_power, sigma=o.exposure_sigma,
-                                     luminance=o.exposure_luminance)
+                                     luminance=o.exposure_luminance, max_lift_ev=o.exposure_max_lift_ev)
         return iem_loss(ts, y, o.smooth, fidelity_weight=o.fidelity_weight, smooth_weight=o.smooth_weight,
                         target=target, all_stages=o.fidelity_stages == "all")
 

@@ -1,0 +1,94 @@
+"""The global exposure step (tasks/ruas/exposure.py): its formula, monotonicity and limits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from nasflow.tasks.ruas.exposure import ExposurePolicy, ExposureStep, highlight
+
+SCENE = ExposurePolicy(target=0.35, headroom_ev=0.5)
+KEY = ExposurePolicy(target=0.46)
+
+
+def _textured(mean: float, seed: int = 0, size: tuple[int, int] = (48, 64)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 3, *size, generator=g)
+    return (x / x.mean() * mean).clamp(0, 1)
+
+
+def test_key_policy_brings_a_dark_image_to_the_target_and_never_darkens() -> None:
+    dark = _textured(0.05)
+    assert KEY(dark).mean().item() == pytest.approx(0.46, rel=0.02)
+    bright = _textured(0.6)
+    assert torch.equal(KEY(bright), bright)  # at or above the target: left exactly as it is
+
+
+def test_scene_policy_leaves_a_normally_exposed_photo_alone() -> None:
+    photo = _textured(0.4)
+    assert torch.equal(SCENE(photo), photo)
+
+
+def test_highlights_limit_the_gain_to_the_headroom() -> None:
+    night = torch.full((1, 3, 40, 40), 0.03)
+    night[..., :8, :8] = 1.0  # lights: 4 % of the pixels at full scale
+    gain = SCENE.gain(night).item()
+    assert gain == pytest.approx(2 ** 0.5, rel=1e-5)
+    # the same scene with its lights at a quarter of full scale may be lifted two stops more
+    dim = night.clone()
+    dim[..., :8, :8] = 0.25
+    assert SCENE.gain(dim).item() == pytest.approx(4 * 2 ** 0.5, rel=1e-5)
+
+
+def test_the_bias_multiplies_the_gain_even_for_bright_photos() -> None:
+    for image in (_textured(0.05), _textured(0.5)):
+        g0 = SCENE.gain(image)
+        assert torch.allclose(SCENE.gain(image, exposure_bias=1.0), 2 * g0)
+        assert torch.allclose(SCENE.gain(image, exposure_bias=-1.0), g0 / 2)
+    step = ExposureStep(SCENE)
+    dark = _textured(0.03)
+    assert torch.allclose(step(dark, exposure_bias=1.0), (SCENE(dark) * 2).clamp(0, 1), atol=1e-6)
+
+
+def test_one_gain_for_all_channels() -> None:
+    card = torch.tensor([0.08, 0.12, 0.1]).view(1, 3, 1, 1).expand(1, 3, 16, 16).contiguous()
+    out = SCENE(card)
+    ratios = out.mean(dim=(2, 3)) / card.mean(dim=(2, 3))
+    assert torch.allclose(ratios, ratios[:, :1].expand_as(ratios))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), light=st.floats(0.0, 0.2), scales=st.lists(st.floats(0.02, 1.0), min_size=2,
+                                                                               max_size=6))
+def test_output_mean_is_monotone_in_the_input_exposure(seed: int, light: float, scales: list[float]) -> None:
+    """The same scene at several exposures: a brighter exposure never gives a darker result."""
+    scene = _textured(0.3, seed, (24, 24))
+    scene[..., : int(24 * light) + 1, :3] = 1.0  # some lights (up to ~2.5 % of the pixels)
+    for policy in (SCENE, KEY):
+        means = [policy((scene * s).clamp(0, 1)).mean().item() for s in sorted(scales)]
+        assert all(b >= a - 1e-5 for a, b in zip(means, means[1:])), (policy, sorted(scales), means)
+
+
+def test_highlight_quantile_subsamples_large_images_consistently() -> None:
+    big = torch.rand(1, 3, 1200, 1000, generator=torch.Generator().manual_seed(1))
+    value = highlight(big, 0.99).item()
+    assert value == pytest.approx(big.amax(dim=1).flatten().quantile(0.99).item(), abs=0.01)
+    assert highlight(torch.zeros(2, 3, 4, 4), 0.99).flatten().tolist() == pytest.approx([1 / 255, 1 / 255])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": 0.0}, "target"), ({"target": 1.5}, "target"),
+    ({"target": 0.3, "headroom_ev": -1.0}, "headroom"), ({"target": 0.3, "highlight_quantile": 0.2}, "quantile"),
+])
+def test_bad_policies_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ExposurePolicy(**kwargs)
+
+
+def test_black_image_stays_finite() -> None:
+    out = SCENE(torch.zeros(1, 3, 8, 8))
+    assert torch.isfinite(out).all() and out.max().item() == 0.0
+    assert math.isfinite(SCENE.gain(torch.zeros(1, 3, 8, 8)).item())
