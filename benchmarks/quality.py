@@ -25,6 +25,7 @@ folder's README, never typed here. Skips cleanly (exit 0, one line) without any 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shlex
 import subprocess
@@ -209,6 +210,11 @@ def _reference_cells(method: str, value: str) -> list[str]:
     return ["ref: " + method, psnr, "", ssim] + [""] * (len(COLUMNS) - 4)
 
 
+def _shown(folder: Path) -> str:
+    """A folder as the reader would type it from here (``../shared/data/lol``), not a machine's absolute path."""
+    return os.path.relpath(folder)
+
+
 def environment() -> str:
     import torch
 
@@ -287,11 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, folder in sets:
         extra = [_reference_cells(m, v[SETS.index(name)]) for m, v in references if v[SETS.index(name)]] \
             if name in SETS else []
-        parts.append(f"## {name} ({len(data[name])} pairs, {folder})\n\n{markdown_table(rows[name] + extra)}")
+        parts.append(f"## {name} ({len(data[name])} pairs, {_shown(folder)})\n\n{markdown_table(rows[name] + extra)}")
     notes = (f"Means over images; 95% intervals: percentile bootstrap over images ({args.resamples:,} resamples, "
              f"seed {SEED}). GT-mean PSNR: the output scaled by mean(GT)/mean(output), clipped, rounded, scored. "
              "Brightness err: mean(output) - mean(GT) in 8-bit levels. 'ref:' rows are read from the data "
-             f"README (PSNR / SSIM only). Releases: {releases or 'none'}.\n\n"
+             f"README (PSNR / SSIM only). Releases: {_shown(releases) if releases else 'none'}.\n\n"
              f"{len(models)} rows x {len(sets)} sets in {elapsed:.1f} s (seconds per row: {', '.join(seconds)}).")
     body = "\n\n".join(parts) + "\n\n" + notes + "\n"
     print(body, end="")
