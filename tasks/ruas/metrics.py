@@ -6,6 +6,9 @@ truncation), PSNR is computed on 8-bit RGB, SSIM is scikit-image's
 
 * :func:`to_uint8` -- float ``(3, H, W)`` tensor in ``[0, 1]`` -> ``(H, W, 3)`` uint8, rounded.
 * :func:`psnr`, :func:`ssim` -- full-reference metrics on two uint8 HWC images.
+* :func:`gt_mean_psnr`, :func:`brightness_error` -- exposure apart from the rest: PSNR after
+  scaling the output to the ground truth's mean, and the signed mean-brightness difference.
+* :func:`bootstrap_interval` -- a percentile bootstrap interval of a mean over images.
 * :func:`mean_brightness`, :func:`entropy`, :func:`lightness_order_error`, :func:`noise_sigma`
   -- no-reference statistics for sets without ground truth.
 * :func:`evaluate_pairs` -> per-image rows and means; :func:`write_csv` writes them.
@@ -37,6 +40,9 @@ __all__ = [
     "to_uint8",
     "psnr",
     "ssim",
+    "gt_mean_psnr",
+    "brightness_error",
+    "bootstrap_interval",
     "mean_brightness",
     "gray_uint8",
     "entropy",
@@ -141,6 +147,81 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
             f"SSIM needs images of at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} pixels (its window); got {h}x{w}"
         )
     return float(structural_similarity(a, b, channel_axis=2, data_range=255))
+
+
+def _as_float01(x: np.ndarray, what: str) -> np.ndarray:
+    """An ``(H, W, C)`` image as float64 in ``[0, 1]``: uint8 divided by 255, floats as they are."""
+    if not isinstance(x, np.ndarray) or x.ndim != 3:
+        raise ValueError(f"{what}: expected an (H, W, C) numpy array, got {getattr(x, 'shape', type(x).__name__)}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float64) / 255.0
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{what}: expected uint8 or float values in [0, 1], got dtype {x.dtype}")
+    return x.astype(np.float64)
+
+
+def _round8(x: np.ndarray) -> np.ndarray:
+    """Float in ``[0, 1]`` -> uint8 by rounding (the protocol: never truncate)."""
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def gt_mean_psnr(output: np.ndarray, target: np.ndarray) -> float:
+    """PSNR after scaling the output to the ground truth's mean brightness (the "GT-mean" PSNR).
+
+    A convention of low-light papers (e.g. KinD, Zhang et al. 2019; LLFlow, Wang et al. 2022)
+    that takes global exposure out of the score, so what is left is the network's work on
+    structure, colour and noise. Here::
+
+        out' = clip(out * mean(gt) / mean(out), 0, 1),   score = psnr(round(255 out'), gt_8bit)
+
+    with both means over all pixels *and* channels of the float images (LLFlow uses the mean of
+    the gray image instead). ``output`` and ``target`` are ``(H, W, C)`` arrays, float in
+    ``[0, 1]`` or uint8; the output is clipped to ``[0, 1]`` first. An all-black output cannot
+    be scaled and is scored as it is. Identical images give ``inf`` like :func:`psnr`.
+    """
+    out = np.clip(_as_float01(output, "output"), 0.0, 1.0)
+    gt = _as_float01(target, "target")
+    if out.shape != gt.shape:
+        raise ValueError(f"image shapes differ: {out.shape} vs {gt.shape}")
+    out_mean = float(out.mean())
+    if out_mean > 0.0:
+        out = np.clip(out * (float(gt.mean()) / out_mean), 0.0, 1.0)
+    return psnr(_round8(out), _round8(gt))
+
+
+def brightness_error(output: np.ndarray, target: np.ndarray) -> float:
+    """``mean(output) - mean(target)`` in 8-bit levels (signed: > 0 is brighter than the ground
+    truth), means over all pixels and channels of two 8-bit ``(H, W, C)`` images."""
+    _check_pair(output, target)
+    return float(output.astype(np.float64).mean() - target.astype(np.float64).mean())
+
+
+def bootstrap_interval(
+    values: Sequence[float], *, resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (Efron & Tibshirani 1993, ch. 13).
+
+    Draws ``resamples`` samples of ``len(values)`` values with replacement (numpy generator seeded
+    with ``seed``, so the interval is reproducible), takes each sample's mean and returns the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those means. It says how much the
+    mean depends on which images happened to be in the set; with a handful of images it is wide
+    (and with one image it is that image's value, which says nothing). Values must be finite.
+    """
+    vals = np.asarray(list(values), dtype=np.float64)
+    if vals.ndim != 1 or vals.size == 0:
+        raise ValueError("bootstrap_interval needs a non-empty sequence of numbers")
+    if not np.isfinite(vals).all():
+        raise ValueError("bootstrap_interval needs finite values (cap PSNR first, e.g. at PSNR_CAP_DB)")
+    if resamples < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"need resamples >= 1 and 0 < level < 1, got {resamples} and {level}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // vals.size)  # bound the (chunk, n) index matrix to ~16 MB
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        means[start:stop] = vals[rng.integers(0, vals.size, (stop - start, vals.size))].mean(axis=1)
+    low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(low), float(high)
 
 
 # -- no-reference statistics -----------------------------------------------------------------

@@ -75,6 +75,76 @@ def test_psnr_identical_is_inf_and_errors():
         M.psnr(a, a[:-1])
 
 
+# -- GT-mean PSNR, brightness error ----------------------------------------------------------
+def test_gt_mean_psnr_forgives_exposure_but_not_noise():
+    gt = np.random.default_rng(3).integers(20, 220, (24, 30, 3), dtype=np.uint8)
+    half = gt.astype(np.float64) / 255.0 * 0.5  # the right picture, one stop too dark
+    assert M.gt_mean_psnr(half, gt) == float("inf")  # scaled back exactly, like psnr of equal images
+    noisy = np.clip(half + np.random.default_rng(4).normal(0.0, 0.01, half.shape), 0.0, 1.0)
+    plain = M.psnr(np.round(noisy * 255).astype(np.uint8), gt)
+    scaled = M.gt_mean_psnr(noisy, gt)
+    assert plain < 15.0 and scaled > plain + 15.0 and math.isfinite(scaled)
+    assert M.gt_mean_psnr(gt, gt) == M.psnr(gt, gt) == float("inf")
+    assert M.gt_mean_psnr(gt.astype(np.float32) / 255.0, gt) == float("inf")  # uint8 and float agree
+
+
+def test_gt_mean_psnr_by_hand():
+    # means over all pixels and channels: output 0.2 (mean 0.2), target mean 0.5 -> scale 2.5 (not per channel)
+    out = np.full((1, 2, 3), 0.2)
+    out[0, 1] = [0.1, 0.3, 0.2]
+    gt = np.full((1, 2, 3), 0.5)
+    scaled = np.round(np.clip(out * 2.5, 0, 1) * 255)  # [127.5 -> 128 (round half to even), 64, 191, 128]
+    expected = 10 * math.log10(255**2 / np.mean((scaled - np.round(gt * 255)) ** 2))
+    assert M.gt_mean_psnr(out, gt) == pytest.approx(expected, abs=1e-12)
+    # clipped after scaling: a highlight cannot go past white
+    out2 = np.array([[[0.05] * 3, [0.9] * 3]])  # mean 0.475; gt mean 0.9 -> scale 1.895: 0.9 -> 1.705 -> 1
+    gt2 = np.full((1, 2, 3), 0.9)
+    dark = round(0.05 * 0.9 / 0.475 * 255)  # 24
+    expected2 = 10 * math.log10(255**2 / (((dark - 230) ** 2 + (255 - 230) ** 2) / 2))
+    assert M.gt_mean_psnr(out2, gt2) == pytest.approx(expected2, abs=1e-12)
+    black = np.zeros((2, 2, 3))
+    assert M.gt_mean_psnr(black, np.full((2, 2, 3), 1.0)) == pytest.approx(0.0, abs=1e-12)  # nothing to scale
+    with pytest.raises(ValueError):
+        M.gt_mean_psnr(out, gt[:, :1])
+    with pytest.raises(TypeError):
+        M.gt_mean_psnr(out.astype(np.int32), gt)
+
+
+def test_brightness_error_is_signed_in_8bit_levels():
+    gt = np.full((4, 4, 3), 100, dtype=np.uint8)
+    out = gt.copy()
+    out[..., 0] = 130  # one channel 30 levels up: +10 over all channels
+    assert M.brightness_error(out, gt) == pytest.approx(10.0)
+    assert M.brightness_error(gt, out) == pytest.approx(-10.0)
+    with pytest.raises(TypeError):
+        M.brightness_error(out.astype(np.float32), gt)
+
+
+# -- bootstrap -------------------------------------------------------------------------------
+def test_bootstrap_interval_brackets_the_mean_and_matches_the_normal_interval():
+    values = np.random.default_rng(5).normal(20.0, 3.0, 60)
+    low, high = M.bootstrap_interval(values)
+    assert low < values.mean() < high
+    half = 1.96 * values.std(ddof=1) / math.sqrt(values.size)  # the CLT interval it should approach
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert M.bootstrap_interval(values) == (low, high)  # fixed seed: reproducible
+    assert M.bootstrap_interval(values, seed=1) != (low, high)
+    narrow = M.bootstrap_interval(values, level=0.5)
+    assert low < narrow[0] < narrow[1] < high
+
+
+def test_bootstrap_interval_edge_cases():
+    assert M.bootstrap_interval([7.0, 7.0, 7.0]) == (7.0, 7.0)
+    assert M.bootstrap_interval([3.0]) == (3.0, 3.0)
+    low, high = M.bootstrap_interval([0.0, 10.0], resamples=4000)
+    assert (low, high) == (0.0, 10.0)  # two images: the means are 0, 5 or 10
+    for bad in ([], [1.0, float("inf")]):
+        with pytest.raises(ValueError):
+            M.bootstrap_interval(bad)
+    with pytest.raises(ValueError):
+        M.bootstrap_interval([1.0, 2.0], level=1.0)
+
+
 # -- SSIM ------------------------------------------------------------------------------------
 def test_ssim_matches_skimage_and_identity():
     a, b = _rgb(seed=1), _rgb(seed=2)
