@@ -51,6 +51,7 @@ examples:
   nasflow eval runs/s1-train                          re-evaluate a finished run folder
   nasflow viz runs/planted-X/genotype.json            draw a genotype (.dot, .svg, .png)
   nasflow list ops                                    which candidate ops exist
+  nasflow profile-ops distill --channels 3 6          what each op costs on this CPU (ms, FLOPs, params)
   nasflow enhance photos/ -o out/                     enhance photos with a shipped model
   nasflow export ruas-lol -o ruas-lol.ts              a model as one TorchScript (or ONNX) file
   nasflow COMMAND --help                              more about one command
@@ -98,6 +99,17 @@ examples:
   nasflow list            every registry, grouped
   nasflow list ops        candidate operations
   nasflow list spaces     search spaces (plugins add more through entry points)"""
+
+_PROFILE_EPILOG = """\
+examples:
+  nasflow profile-ops distill --channels 3 6                 RUAS cells (IEM 3, NRM 6 channels), 600x400
+  nasflow profile-ops darts --channels 16 --size 32x32       a DARTS cell on CIFAR-sized images
+  nasflow profile-ops distill --channels 3 --refresh         measure again (another load, another build)
+
+Each op is priced per edge inside a fused cell of the space (the fast path's own kernels): a cell with
+the op on every edge is timed against one with the identity on every edge. The table (a small JSON
+file keyed by space, op, channels, size, device, threads and torch version, with FLOPs and parameters
+beside) is what `search.cost` with `metric: latency` reads."""
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -280,6 +292,39 @@ def _cmd_plugin(args: argparse.Namespace) -> int:
     return int(args.plugin_command.run(args))
 
 
+def _size(value: str) -> tuple[int, int]:
+    """``HxW`` (e.g. ``400x600``, a 600x400 photo) as two positive ints."""
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW like 400x600, got {value!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"expected positive HxW, got {value!r}")
+    return h, w
+
+
+def _cmd_profile_ops(args: argparse.Namespace) -> int:
+    from nasflow.core.cost import CostTable, default_table_path
+    from nasflow.core.space import build_space
+    from nasflow.infer.profile import FastPathTimer, format_table, profile_space
+
+    if args.device != "cpu":
+        raise ConfigError(f"profile-ops measures the CPU fast path only; got --device {args.device}")
+    space = build_space(args.space)
+    path = Path(args.table) if args.table else default_table_path()
+    table = CostTable.load(path)
+    h, w = args.size
+    timer = FastPathTimer(threads=args.threads, repeats=args.repeats)
+    profile_space(space, args.channels, h, w, threads=args.threads, table=table, timer=timer,
+                  refresh=args.refresh, rounds=args.rounds)
+    table.save(path)
+    rows = [e for e in table if e.key.space == space.name and e.key.channels in args.channels
+            and (e.key.height, e.key.width) == (h, w) and e.key.threads == args.threads]
+    print(format_table(type(table)(rows)))
+    print(f"\ntable: {path}")
+    return EXIT_OK
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from nasflow.registries import ALL
 
@@ -379,6 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ops, spaces, strategies, tasks, relaxations, derive_rules, hypergradients, losses, "
                           "datasets (default: all)")
     lst.set_defaults(handler=_cmd_list)
+
+    prof = sub.add_parser(
+        "profile-ops", parents=[common], formatter_class=fmt, epilog=_PROFILE_EPILOG,
+        help="measure what each candidate op of a space costs (ms, FLOPs, parameters)",
+        description="Measure the latency of every candidate op of a search space on this CPU through the fast path, "
+                    "at given channel counts and image size, store it in the cost table and print it.",
+    )
+    prof.add_argument("space", metavar="SPACE", help="a search space (nasflow list spaces)")
+    prof.add_argument("--device", default="cpu", help="the device to measure on (cpu only, for now)")
+    prof.add_argument("--channels", type=_positive_int, nargs="+", default=[3], metavar="C",
+                      help="cell channel counts (default: 3)")
+    prof.add_argument("--size", type=_size, default=(400, 600), metavar="HxW",
+                      help="image height x width (default: 400x600, a 600x400 photo)")
+    prof.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads (default: 1)")
+    prof.add_argument("--repeats", type=_positive_int, default=15, help="timed forwards per cell (default: 15)")
+    prof.add_argument("--rounds", type=_positive_int, default=3,
+                      help="interleaved rounds, the median kept (default: 3)")
+    prof.add_argument("--table", metavar="PATH", default=None,
+                      help="the cost table file (default: $NASFLOW_COST_TABLE or ~/.cache/nasflow/op_costs.json)")
+    prof.add_argument("--refresh", action="store_true", help="measure again what the table already holds")
+    prof.set_defaults(handler=_cmd_profile_ops)
 
     enh = sub.add_parser(
         "enhance", parents=[common], formatter_class=fmt, epilog=_ENHANCE_EPILOG,

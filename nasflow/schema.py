@@ -33,6 +33,18 @@ class GroupConfig:
 
 
 @dataclass
+class CostConfig:
+    """A price on the architecture, added to every group's arch objective (see nasflow.search.cost)."""
+
+    metric: str = field(default="latency", metadata={"choices": ("latency", "flops", "params")})
+    weight: float = field(default=0.0, metadata={"min": 0.0})  # penalty on the normalised expected cost (0: off); with target_ms: the multiplier's step
+    target_ms: float | None = field(default=None, metadata={"min": 0.0})  # latency: keep the cells' expected ms under this (Lagrange multiplier)
+    size: tuple[int, int] = (400, 600)  # reference image height, width at which ops are priced
+    threads: int = field(default=1, metadata={"min": 1})  # latency: the table's intra-op thread count
+    table: str | None = None  # latency: cost table file (None: $NASFLOW_COST_TABLE or ~/.cache/nasflow/op_costs.json)
+
+
+@dataclass
 class SearchConfig:
     strategy: str = "darts"
     epochs: int = field(default=10, metadata={"min": 0})
@@ -45,6 +57,7 @@ class SearchConfig:
     warmup: int = field(default=0, metadata={"min": 0})  # steps of weight training before alpha updates
     groups: dict[str, GroupConfig] = field(default_factory=dict)  # keyed by the task's group names
     strategy_options: dict[str, Any] = field(default_factory=dict)  # validated by the strategy
+    cost: CostConfig = field(default_factory=CostConfig)
 
 
 @dataclass

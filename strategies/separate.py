@@ -74,6 +74,7 @@ class SeparateStrategy(BilevelStrategy):
         terms = self.weight_step(g, weight_batch)
         tag = f"{g.spec.name}/" if len(self.groups) > 1 else ""
         logs = {f"train/{tag}{k}": float(v.detach()) for k, v in terms.items()}
+        logs.update(g.cost_logs or {})
         logs[f"lr/{tag}weights"] = g.w_opt.param_groups[0]["lr"]
         self.step_count += 1
         return logs

@@ -181,6 +181,7 @@ class MixedOp(nn.Module):
     def __init__(self, specs: Sequence[OpSpec], channels: int, stride: int = 1, affine: bool = True) -> None:
         super().__init__()
         self.op_names = tuple(s.name for s in specs)
+        self.channels = channels  # the cost model prices each op at this width (nasflow.core.cost)
         self.zero_mask = tuple(s.is_zero for s in specs)
         self.ops = nn.ModuleList(s.build(channels, stride, affine) for s in specs)
         self.fuse_linear: bool | None = None

@@ -9,7 +9,9 @@ Tags written (the contract; ``step`` is the caller's global step):
 
 ``<key>`` (scalar)
     :meth:`Writer.scalars`: each key of ``logs`` is its own tag, as given, e.g. ``train/loss``,
-    ``train/iem/loss``, ``lr/weights``.
+    ``train/iem/loss``, ``lr/weights``; with ``search.cost``, per search group ``cost/<group>/expected_<unit>``
+    (``ms``, ``flops`` or ``params``: the cells' expected cost at the group's last arch step) and, with
+    ``target_ms``, ``cost/<group>/lambda`` (the Lagrange multiplier).
 ``arch/<label>/<edge>/<op>`` (scalar)
     :meth:`Writer.arch`: softmax probability of ``op`` on edge ``<edge>`` (the label's cell-graph
     edge name, e.g. ``c1_d``) of label ``<label>``; sums to 1 over the ops of an edge.

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nasflow.config import from_dict
+from nasflow.search.cost import build_cost
 from nasflow.search.distributed import average_
 from nasflow.errors import ConfigError
 from nasflow.search.hypergrad import Unroll
@@ -43,6 +44,7 @@ class Group:
     w_sched: torch.optim.lr_scheduler.LambdaLR
     unroll: Unroll
     arch_steps: int = 0
+    cost_logs: dict[str, float] | None = None  # the last arch step's cost terms (search.cost)
 
     def due(self, step: int) -> bool:
         return step >= self.warmup and (step - self.warmup) % self.every == 0
@@ -71,6 +73,7 @@ class BilevelStrategy(Strategy):
         specs = self.group_specs()
         self.groups = [self._build_group(spec) for spec in specs]
         self._check_partition()
+        self.cost = build_cost(model, config.cost)  # None when search.cost.weight is 0
 
     # -- which groups -----------------------------------------------------------------------------
     def group_specs(self) -> list[GroupSpec]:
@@ -133,6 +136,11 @@ class BilevelStrategy(Strategy):
     # -- steps ------------------------------------------------------------------------------------
     def arch_step(self, g: Group, weight_batch: Batch, arch_batch: Batch) -> None:
         grads = self.sync(list(HYPERGRADIENTS.get(g.hypergradient)(g.unroll, weight_batch, arch_batch)))
+        if self.cost is not None:  # depends on the alphas only: its gradient adds to the hypergradient as is
+            term, g.cost_logs = self.cost.penalty(g.spec.name, g.spec.labels)
+            if term.requires_grad:
+                extra = torch.autograd.grad(term, g.unroll.alphas(), allow_unused=True)
+                grads = [a if b is None else a + b for a, b in zip(grads, extra)]
         g.a_opt.zero_grad(set_to_none=True)
         for p, grad in zip(g.unroll.alphas(), grads):
             p.grad = grad.detach().clone()
@@ -164,6 +172,7 @@ class BilevelStrategy(Strategy):
                 self.arch_step(g, weight_batch, arch_batch)
             terms = self.weight_step(g, weight_batch)
             logs.update({f"train/{tag}{k}": float(v.detach()) for k, v in terms.items()})
+            logs.update(g.cost_logs or {})
             logs[f"lr/{tag}weights"] = g.w_opt.param_groups[0]["lr"]
         self.step_count += 1
         return logs
@@ -172,6 +181,7 @@ class BilevelStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {
             "step_count": self.step_count,
+            "cost_lambda": dict(self.cost.lam) if self.cost is not None else {},
             "groups": {
                 g.spec.name: {"w_opt": g.w_opt.state_dict(), "a_opt": g.a_opt.state_dict(),
                               "w_sched": g.w_sched.state_dict(), "arch_steps": g.arch_steps}
@@ -181,6 +191,8 @@ class BilevelStrategy(Strategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
+        if self.cost is not None:
+            self.cost.lam = {k: float(v) for k, v in state.get("cost_lambda", {}).items()}
         for g in self.groups:
             s = state["groups"][g.spec.name]
             g.w_opt.load_state_dict(s["w_opt"])
