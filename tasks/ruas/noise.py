@@ -1,0 +1,151 @@
+"""Synthetic sensor noise for training the NRM against a known clean image (``nrm_target: synthetic``).
+
+The released NRM loss (:func:`nasflow.tasks.ruas.losses.nrm_loss`) has no notion of what noise is:
+TV pulls towards flat, MSE towards the input, so the NRM learns to blur a little or nothing. Here a
+training crop is turned into a (noisy, clean) pair with a camera noise model, so the NRM can learn
+to remove noise that looks like a sensor's and to leave a clean image as it is.
+
+The pipeline (:func:`synthesize`), per image, everything in linear light except the last step:
+
+1. **Cleaner source.** The sRGB crop is linearised (IEC 61966-2-1 sRGB EOTF) and 2x2
+   area-downsampled (binning). The crops are real camera JPEGs, dark ones included, and carry their
+   own noise; averaging four pixels divides independent noise variance by 4 (halves its std) and
+   smooths JPEG blocking, so the noise added below dominates whatever the source still holds.
+   (Rule: the smallest integer binning that halves the source noise; it halves the crop size too,
+   which the 3x3-conv NRM does not mind.)
+2. **Darkening.** Multiply by ``2 ** -s``, ``s`` uniform in ``[0, darken_ev]`` stops
+   (``darken_ev = 3``: the +-3 EV range of a camera's exposure bracketing / exposure compensation
+   dial). The crops are already dark or middling (SICE frames), so the inputs span their brightness
+   and up to three stops below, where the IEM's lift amplifies noise most.
+3. **Noise** (Foi et al., "Practical Poissonian-Gaussian noise modeling and fitting for single-image
+   raw-data", IEEE TIP 2008, eq. 1-3; levels as in Brooks et al., "Unprocessing images for learned
+   raw denoising", CVPR 2019, sec. 3.3): heteroscedastic Gaussian ``x + N(0, shot * x + read)``,
+   i.e. shot noise whose variance is proportional to the signal plus signal-independent read noise,
+   independent per pixel and channel. Per image ``log shot ~ U(log 1e-4, log 1.2e-2)`` and
+   ``log read ~ N(2.18 log shot + 1.20, 0.26^2)``: Brooks et al.'s joint distribution, fitted by them
+   to the calibrated sensors of the Darmstadt Noise Dataset (Plotz and Roth, CVPR 2017). With
+   probability ``clean_fraction`` (1/4: a fixed share, not fitted) an image gets no noise at all,
+   so the NRM also sees clean inputs and learns to leave them alone.
+4. **Camera file.** Clip to ``[0, 1]``, sRGB-encode, round to 8 bits (what a JPEG/PNG stores).
+
+The clean image is the same darkened source, sRGB-encoded, without noise or quantisation. Not
+modelled (kept simple, said here): demosaicking and white balance (which correlate noise across
+channels and neighbours) and JPEG compression. No constant here was chosen on any evaluation pair.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Brooks et al. 2019, sec. 3.3 (the "unprocessing" paper's random_noise_levels)
+SHOT_RANGE: tuple[float, float] = (1e-4, 1.2e-2)
+READ_SLOPE, READ_INTERCEPT, READ_STD = 2.18, 1.20, 0.26
+
+
+@dataclass(frozen=True)
+class NoiseRanges:
+    """How :func:`synthesize` draws each image's degradation (defaults: the rules of the module docstring)."""
+
+    shot: tuple[float, float] = SHOT_RANGE  # log-uniform shot-noise gain (variance per unit linear signal)
+    darken_ev: float = 3.0  # darkening drawn uniformly in [0, darken_ev] stops
+    clean_fraction: float = 0.25  # share of images left noise-free
+    downsample: int = 2  # binning factor of the cleaner source
+
+    def __post_init__(self) -> None:
+        lo, hi = self.shot
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"shot range must satisfy 0 < lo <= hi, got {self.shot}")
+        if self.darken_ev < 0.0:
+            raise ValueError(f"darken_ev must be >= 0, got {self.darken_ev}")
+        if not 0.0 <= self.clean_fraction <= 1.0:
+            raise ValueError(f"clean_fraction must be in [0, 1], got {self.clean_fraction}")
+        if self.downsample < 1:
+            raise ValueError(f"downsample must be >= 1, got {self.downsample}")
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """The sRGB EOTF (IEC 61966-2-1): ``x / 12.92`` below 0.04045, else ``((x + 0.055) / 1.055) ** 2.4``."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`srgb_to_linear`: ``12.92 x`` below 0.0031308, else ``1.055 x ** (1/2.4) - 0.055``."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
+
+
+def noise_levels(n: int, g: torch.Generator, ranges: NoiseRanges = NoiseRanges()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image ``(shot, read)`` variances, shape ``[n]`` (Brooks et al. 2019); zero for the clean share."""
+    lo, hi = ranges.shot
+    log_shot = math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(n, generator=g, dtype=torch.float64)
+    log_read = READ_SLOPE * log_shot + READ_INTERCEPT + READ_STD * torch.randn(n, generator=g, dtype=torch.float64)
+    noisy = (torch.rand(n, generator=g, dtype=torch.float64) >= ranges.clean_fraction).double()
+    return (log_shot.exp() * noisy).float(), (log_read.exp() * noisy).float()
+
+
+def poisson_gaussian(x: torch.Tensor, shot: torch.Tensor, read: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """``x + sqrt(shot * x + read) * N(0, 1)`` per pixel and channel (Foi et al. 2008, eq. 1-3), unclipped.
+
+    ``x``: linear-light images ``[N, C, H, W]`` (values >= 0); ``shot``, ``read``: per-image variances ``[N]``.
+    Zero levels return ``x`` itself. The Gaussian draws come from ``g`` (on the CPU).
+    """
+    var = shot.view(-1, 1, 1, 1).to(x) * x.clamp_min(0.0) + read.view(-1, 1, 1, 1).to(x)
+    xi = torch.randn(x.shape, generator=g, dtype=torch.float32).to(x)
+    return x + var.sqrt() * xi
+
+
+@dataclass(frozen=True)
+class NoisyPair:
+    """One synthesized batch: ``noisy`` (8-bit sRGB, as a camera file), ``clean`` (sRGB, no noise, no
+    quantisation), both ``[N, 3, H / downsample, W / downsample]``, and the per-image draws."""
+
+    noisy: torch.Tensor
+    clean: torch.Tensor
+    darken: torch.Tensor
+    shot: torch.Tensor
+    read: torch.Tensor
+
+
+def synthesize(y: torch.Tensor, g: torch.Generator, ranges: NoiseRanges = NoiseRanges(),
+               quantize: bool = True) -> NoisyPair:
+    """A (noisy, clean) pair from the sRGB crops ``y`` ``[N, 3, H, W]`` in ``[0, 1]``: the steps of the
+    module docstring. Deterministic given ``g`` (a CPU generator); ``quantize=False`` skips the 8-bit rounding."""
+    n = y.shape[0]
+    lin = srgb_to_linear(y.float())
+    if ranges.downsample > 1:
+        lin = F.avg_pool2d(lin, ranges.downsample)
+    stops = ranges.darken_ev * torch.rand(n, generator=g)
+    darken = torch.exp2(-stops).to(lin)
+    lin = lin * darken.view(-1, 1, 1, 1)
+    shot, read = noise_levels(n, g, ranges)
+    noisy = linear_to_srgb(poisson_gaussian(lin, shot, read, g))
+    if quantize:
+        noisy = torch.round(noisy * 255.0) / 255.0
+    return NoisyPair(noisy=noisy.to(y.dtype), clean=linear_to_srgb(lin).to(y.dtype), darken=darken.cpu(), shot=shot,
+                     read=read)
+
+
+def batch_generator(seed: int, batch: torch.Tensor) -> torch.Generator:
+    """A CPU generator seeded from ``seed`` and the batch's bytes: every batch gets its own draws,
+    the same ones on every rerun, with no state kept between calls and nothing taken from the global RNG."""
+    import hashlib
+
+    digest = hashlib.blake2b(batch.detach().float().contiguous().cpu().numpy().tobytes(), digest_size=8,
+                             key=str(int(seed)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+def nrm_synthetic_loss(out: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The NRM loss against a known clean target: mean absolute error, ``{"loss", "l1"}``.
+
+    L1 rather than L2: for image restoration networks it converges to sharper results at the same
+    PSNR (Zhao et al., "Loss functions for image restoration with neural networks", IEEE TCI 2017).
+    ``target`` carries no gradient.
+    """
+    l1 = (out - target.detach()).abs().mean()
+    return {"loss": l1, "l1": l1}
