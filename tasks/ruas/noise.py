@@ -15,8 +15,12 @@ The pipeline (:func:`synthesize`), per image, everything in linear light except 
    which the 3x3-conv NRM does not mind.)
 2. **Darkening.** Multiply by ``2 ** -s``, ``s`` uniform in ``[0, darken_ev]`` stops
    (``darken_ev = 3``: the +-3 EV range of a camera's exposure bracketing / exposure compensation
-   dial). The crops are already dark or middling (SICE frames), so the inputs span their brightness
-   and up to three stops below, where the IEM's lift amplifies noise most.
+   dial), but never below a brightness floor: the darkened crop's mean is kept at or above
+   ``min_mean = 0.024`` (sRGB), the 5th percentile of the mean brightness of the ``sice_dark``
+   training frames (measured on every 5th frame of that training folder; the ``sice_mid`` frames
+   are all above 0.25), and a crop already darker is not darkened. Without the floor a dark SICE
+   frame darkened three more stops keeps one or two 8-bit levels, and its 8-bit rounding lifted 90x
+   by the exposure step outweighs any sensor noise: no real photo is that dark.
 3. **Noise** (Foi et al., "Practical Poissonian-Gaussian noise modeling and fitting for single-image
    raw-data", IEEE TIP 2008, eq. 1-3; levels as in Brooks et al., "Unprocessing images for learned
    raw denoising", CVPR 2019, sec. 3.3): heteroscedastic Gaussian ``x + N(0, shot * x + read)``,
@@ -51,7 +55,8 @@ class NoiseRanges:
     """How :func:`synthesize` draws each image's degradation (defaults: the rules of the module docstring)."""
 
     shot: tuple[float, float] = SHOT_RANGE  # log-uniform shot-noise gain (variance per unit linear signal)
-    darken_ev: float = 3.0  # darkening drawn uniformly in [0, darken_ev] stops
+    darken_ev: float = 3.0  # darkening drawn uniformly in [0, darken_ev] stops...
+    min_mean: float = 0.024  # ...but not below this mean brightness (sRGB, [0, 1])
     clean_fraction: float = 0.25  # share of images left noise-free
     downsample: int = 2  # binning factor of the cleaner source
 
@@ -61,6 +66,8 @@ class NoiseRanges:
             raise ValueError(f"shot range must satisfy 0 < lo <= hi, got {self.shot}")
         if self.darken_ev < 0.0:
             raise ValueError(f"darken_ev must be >= 0, got {self.darken_ev}")
+        if not 0.0 <= self.min_mean < 1.0:
+            raise ValueError(f"min_mean must be in [0, 1), got {self.min_mean}")
         if not 0.0 <= self.clean_fraction <= 1.0:
             raise ValueError(f"clean_fraction must be in [0, 1], got {self.clean_fraction}")
         if self.downsample < 1:
@@ -121,6 +128,8 @@ def synthesize(y: torch.Tensor, g: torch.Generator, ranges: NoiseRanges = NoiseR
         lin = F.avg_pool2d(lin, ranges.downsample)
     stops = ranges.darken_ev * torch.rand(n, generator=g)
     darken = torch.exp2(-stops).to(lin)
+    if ranges.min_mean > 0:  # the floor: the largest darkening that keeps the sRGB mean at or above min_mean
+        darken = torch.maximum(darken, _darken_floor(lin, ranges.min_mean))
     lin = lin * darken.view(-1, 1, 1, 1)
     shot, read = noise_levels(n, g, ranges)
     noisy = linear_to_srgb(poisson_gaussian(lin, shot, read, g))
@@ -128,6 +137,18 @@ def synthesize(y: torch.Tensor, g: torch.Generator, ranges: NoiseRanges = NoiseR
         noisy = torch.round(noisy * 255.0) / 255.0
     return NoisyPair(noisy=noisy.to(y.dtype), clean=linear_to_srgb(lin).to(y.dtype), darken=darken.cpu(), shot=shot,
                      read=read)
+
+
+def _darken_floor(lin: torch.Tensor, min_mean: float, steps: int = 30) -> torch.Tensor:
+    """Per image, the smallest factor ``d`` in ``(0, 1]`` with ``mean(srgb(d * lin)) >= min_mean``
+    (1 when the image is already darker): bisection, the mean being monotone in ``d``."""
+    mean = lambda d: linear_to_srgb(lin * d.view(-1, 1, 1, 1)).mean(dim=(1, 2, 3))  # noqa: E731
+    lo, hi = torch.zeros(lin.shape[0], dtype=lin.dtype, device=lin.device), torch.ones_like(lin[:, 0, 0, 0])
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        above = mean(mid) >= min_mean
+        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+    return hi
 
 
 def batch_generator(seed: int, batch: torch.Tensor) -> torch.Generator:

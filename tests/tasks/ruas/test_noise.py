@@ -88,3 +88,14 @@ def test_noise_raises_the_noisy_images_error_and_the_loss_sees_it() -> None:
 def test_ranges_validate(bad: dict) -> None:
     with pytest.raises(ValueError):
         NoiseRanges(**bad)
+
+
+def test_darkening_stops_at_the_brightness_floor() -> None:
+    y = torch.cat([torch.full((1, 3, 16, 16), 0.5), torch.full((1, 3, 16, 16), 0.01), _crops(2, 16)])
+    pair = synthesize(y, torch.Generator().manual_seed(0), NoiseRanges(darken_ev=1000.0, clean_fraction=1.0),
+                      quantize=False)
+    means = pair.clean.mean(dim=(1, 2, 3))
+    assert (means[[0, 2, 3]] - 0.024).abs().max() < 1e-4  # hundreds of stops drawn: stopped at the floor
+    assert pair.darken[1] == 1.0 and means[1] == pytest.approx(0.01, abs=1e-6)  # already darker: left alone
+    free = synthesize(y, torch.Generator().manual_seed(0), NoiseRanges(darken_ev=1000.0, min_mean=0.0), quantize=False)
+    assert free.clean.mean() < 1e-3
