@@ -27,7 +27,13 @@ The pipeline (:func:`synthesize`), per image, everything in linear light except 
    i.e. shot noise whose variance is proportional to the signal plus signal-independent read noise,
    independent per pixel and channel. Per image ``log shot ~ U(log 1e-4, log 1.2e-2)`` and
    ``log read ~ N(2.18 log shot + 1.20, 0.26^2)``: Brooks et al.'s joint distribution, fitted by them
-   to the calibrated sensors of the Darmstadt Noise Dataset (Plotz and Roth, CVPR 2017). With
+   to the calibrated sensors of the Darmstadt Noise Dataset (Plotz and Roth, CVPR 2017). Those
+   levels are for a raw image at normal exposure (Brooks et al. add them to unprocessed well-exposed
+   photos), so the noise is added at the exposure a camera's metering targets: the darkened crop is
+   scaled by ``k = max(1, 0.18 / mean)`` (18 % grey, the reflectance light meters are calibrated
+   to), made noisy there, and scaled back by ``1 / k``: a dark photo is a metered capture rendered
+   dark, with the signal-to-noise ratio of that capture. (Adding them to the dark crop directly
+   gives SNR below 1 at SICE's dark frames: pure noise after the lift, nothing to learn.) With
    probability ``clean_fraction`` (1/4: a fixed share, not fitted) an image gets no noise at all,
    so the NRM also sees clean inputs and learns to leave them alone.
 4. **Camera file.** Clip to ``[0, 1]``, sRGB-encode, round to 8 bits (what a JPEG/PNG stores).
@@ -48,6 +54,7 @@ import torch.nn.functional as F
 # Brooks et al. 2019, sec. 3.3 (the "unprocessing" paper's random_noise_levels)
 SHOT_RANGE: tuple[float, float] = (1e-4, 1.2e-2)
 READ_SLOPE, READ_INTERCEPT, READ_STD = 2.18, 1.20, 0.26
+METERED_GREY = 0.18  # linear mean a camera's metering exposes to (18 % grey): where Brooks et al.'s levels apply
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,8 @@ def synthesize(y: torch.Tensor, g: torch.Generator, ranges: NoiseRanges = NoiseR
         darken = torch.maximum(darken, _darken_floor(lin, ranges.min_mean))
     lin = lin * darken.view(-1, 1, 1, 1)
     shot, read = noise_levels(n, g, ranges)
-    noisy = linear_to_srgb(poisson_gaussian(lin, shot, read, g))
+    gain = (METERED_GREY / lin.mean(dim=(1, 2, 3)).clamp_min(1e-6)).clamp_min(1.0).view(-1, 1, 1, 1)
+    noisy = linear_to_srgb(poisson_gaussian(lin * gain, shot, read, g) / gain)
     if quantize:
         noisy = torch.round(noisy * 255.0) / 255.0
     return NoisyPair(noisy=noisy.to(y.dtype), clean=linear_to_srgb(lin).to(y.dtype), darken=darken.cpu(), shot=shot,

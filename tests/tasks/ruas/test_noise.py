@@ -99,3 +99,16 @@ def test_darkening_stops_at_the_brightness_floor() -> None:
     assert pair.darken[1] == 1.0 and means[1] == pytest.approx(0.01, abs=1e-6)  # already darker: left alone
     free = synthesize(y, torch.Generator().manual_seed(0), NoiseRanges(darken_ev=1000.0, min_mean=0.0), quantize=False)
     assert free.clean.mean() < 1e-3
+
+
+def test_noise_is_added_at_the_metered_exposure() -> None:
+    """A dark crop gets the signal-to-noise ratio a crop metered to 18 % grey would have: relative noise
+    does not grow as the crop gets darker (down to the 8-bit rounding)."""
+    ranges = NoiseRanges(clean_fraction=0.0, darken_ev=0.0, min_mean=0.0, downsample=1)
+    rel = []
+    for level in (0.18, 0.045, 0.011):  # linear: 0, 2 and 4 stops below middle grey
+        y = linear_to_srgb(torch.full((1, 3, 64, 64), level))
+        pair = synthesize(y, torch.Generator().manual_seed(5), ranges, quantize=False)
+        lin_noise = srgb_to_linear(pair.noisy) - level
+        rel.append((lin_noise.std() / level).item())
+    assert rel[0] > 0 and max(rel) / min(rel) < 1.3
