@@ -226,7 +226,7 @@ def test_nrm_target_option_validates() -> None:
 
 
 def test_synthetic_nrm_target_trains_the_nrm_towards_the_clean_image() -> None:
-    """``nrm_target: synthetic``: the NRM loss is L1 to the clean crop through the noisy input's maps,
+    """``nrm_target: synthetic``: the NRM loss is MSE to the clean crop through the noisy input's maps,
     the IEM gets no gradient from it, the draws repeat, and a few steps on one batch lower it."""
     from nasflow.core.compile import compile_model
     from nasflow.core.supernet import weight_parameters
@@ -238,7 +238,7 @@ def test_synthetic_nrm_target_trains_the_nrm_towards_the_clean_image() -> None:
     model = compile_model(task.build_supernet(), task.named_genotypes()["paper"])
     y = torch.cat(task.search_batches(0)[0])  # 2 crops of 32 px
     terms = task.nrm_terms(model, y)
-    assert set(terms) == {"loss", "l1"}
+    assert set(terms) == {"loss", "mse"}
     torch.testing.assert_close(task.nrm_terms(model, y)["loss"], terms["loss"])  # same batch, same draws
     # by hand: the IEM on the noisy image, the clean one through the same t_0 and t
     pair = synthesize(y, batch_generator(task.seed, y))
@@ -246,7 +246,7 @@ def test_synthetic_nrm_target_trains_the_nrm_towards_the_clean_image() -> None:
         u, ts = model.illumination(pair.noisy)
         t0 = torch.clamp(pair.noisy.mean(dim=(1, 2, 3), keepdim=True) / 0.46, model.t_min, 1.0)
         target = torch.clamp(torch.clamp(pair.clean / t0, 0, 1) / ts[-1], 0, 1)
-        want = (u - model.noise(u) - target).abs().mean()
+        want = (u - model.noise(u) - target).pow(2).mean()
     torch.testing.assert_close(terms["loss"].detach(), want)
     # the joint loss carries the same NRM term; the IEM's weights get nothing from it
     torch.testing.assert_close(task.loss(model, y)["nrm_loss"].detach(), want)
