@@ -11,10 +11,12 @@ The pipeline (:func:`synthesize`), per image, everything in linear light except 
    k x k area-downsample it (binning: 2x2 halves the crop's own noise std), but it also packs twice
    the detail into every pixel, which the small NRM then cannot tell from noise: with 2x2 binning
    and the L1 loss, the NRM trained on 384 crops learned nothing (it stayed at ``n ~ 0``; a 3x3 box
-   blur raised the error even on the noisy crops); without binning and with MSE it learned to denoise
-   (error on noisy training crops 8.26 -> 7.57 8-bit levels after two epochs). The default is
-   therefore no binning: the SICE frames are 512-px downscales whose own noise is small next to the
-   noise added below.
+   blur raised the error even on the noisy crops); without binning and with MSE, two NRM-only epochs
+   lowered the error on noisy training crops (8.26 -> 7.57 8-bit levels). The default is therefore
+   no binning: the SICE frames are 512-px downscales whose own noise is small next to the noise
+   added below. Status: in reduced ``iem_then_nrm`` runs (384 crops of 128 px, 6 epochs) the 6-channel
+   NRM still ends near ``n ~ 0`` (about 0.6 8-bit levels everywhere) and removes almost no noise,
+   on the training crops or on real photos: the target is in place, an NRM that uses it is not yet.
 2. **Darkening.** Multiply by ``2 ** -s``, ``s`` uniform in ``[0, darken_ev]`` stops
    (``darken_ev = 3``: the +-3 EV range of a camera's exposure bracketing / exposure compensation
    dial), but never below a brightness floor: the darkened crop's mean is kept at or above
