@@ -6,10 +6,12 @@
 The ``real/`` folders of ``../shared/data`` have no references, so each model is described by
 per-image means of: brightness (mean of 8-bit RGB / 255), entropy (bits), lightness-order error
 against the input (LOE, lower keeps the input's order), the noise level of the output
-(Immerkaer's estimator, 8-bit levels; ``nasflow.tasks.ruas.metrics.noise_sigma``) and
-``noise/gain``: how much the noise level rose over how much the brightness rose. A pure gain
-scales both alike (1.0); above 1 the model amplified noise more than the picture, below 1 it
-removed some. ``--sheets DIR`` also writes one contact sheet per folder (input | each model) to
+(Immerkaer's estimator, 8-bit levels; ``nasflow.tasks.ruas.metrics.noise_sigma``),
+``noise/gain``: how much the noise level rose over how much the brightness rose (a pure gain
+scales both alike, 1.0; above 1 the model amplified noise more than the picture, below 1 it
+removed some), and ``dark noise``: the same estimator restricted to the flat dark areas of the
+input (the flattest half of its darkest third, ``nasflow.tasks.ruas.metrics.flat_dark_mask``),
+where lifted sensor noise shows. ``--per-image`` also prints each photo's dark noise per model. ``--sheets DIR`` also writes one contact sheet per folder (input | each model) to
 ``DIR/<folder>.png`` for looking at colour casts, halos and noise: the photos are research-licensed,
 so the sheets are made locally and never committed. A released RUAS model joins the comparison
 through ``--model`` once converted with ``nasflow import-ruas``. Skips cleanly when the folder is absent.
@@ -26,12 +28,13 @@ import numpy as np
 
 FOLDERS = ("real/LIME", "real/MEF")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FIGURES = ("brightness", "entropy", "loe", "noise", "noise/gain")
+FIGURES = ("brightness", "entropy", "loe", "noise", "noise/gain", "dark noise")
 
 
 def figures(out8: np.ndarray, in8: np.ndarray) -> dict[str, float]:
     """The no-reference figures of one enhanced image against its input."""
-    from nasflow.tasks.ruas.metrics import entropy, lightness_order_error, mean_brightness, noise_sigma
+    from nasflow.tasks.ruas.metrics import (entropy, flat_dark_noise, lightness_order_error, mean_brightness,
+                                            noise_sigma)
 
     gain = mean_brightness(out8) / max(mean_brightness(in8), 1e-6)
     noise_in = max(noise_sigma(in8), 1e-6)
@@ -42,6 +45,7 @@ def figures(out8: np.ndarray, in8: np.ndarray) -> dict[str, float]:
         "loe": lightness_order_error(out8, in8),
         "noise": noise_out,
         "noise/gain": (noise_out / noise_in) / max(gain, 1e-6),
+        "dark noise": flat_dark_noise(out8, in8),
     }
 
 
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"folder under --data (repeatable; default: {', '.join(FOLDERS)})")
     parser.add_argument("--sheets", type=Path, default=None,
                         help="write a contact sheet per folder (input | each model) into this folder")
+    parser.add_argument("--per-image", action="store_true", help="also print each photo's dark noise per model")
     args = parser.parse_args(argv)
     folders = args.folder or list(FOLDERS)
     if not all((args.data / f).is_dir() for f in folders):
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = [np.round(read_image(p).rgb * 255).astype(np.uint8) for p in files]
         columns = " | ".join(["input", *enhancers])
         rows: dict[str, list[np.ndarray]] = {f"{p.stem}: {columns}": [im] for p, im in zip(files, inputs)}
+        per_image: dict[str, list[float]] = {}
         for name, enhancer in [("input", None), *enhancers.items()]:
             sums = dict.fromkeys(FIGURES, 0.0)
             for path, in8 in zip(files, inputs):
@@ -93,8 +99,14 @@ def main(argv: list[str] | None = None) -> int:
                     rows[f"{path.stem}: {columns}"].append(out8)
                 for k, v in figures(out8, in8).items():
                     sums[k] += v
+                    if k == "dark noise":
+                        per_image.setdefault(path.stem, []).append(v)
             means = " | ".join(f"{sums[k] / len(files):>10.3f}" for k in FIGURES)
             print(f"| {name:<28} | {folder.split('/')[-1] + f' ({len(files)})':<10} | {means} |", flush=True)
+        if args.per_image:
+            print(f"dark noise per photo ({columns}):")
+            for stem, values in per_image.items():
+                print(f"  {stem:<24} " + " ".join(f"{v:7.2f}" for v in values))
         if args.sheets is not None:
             sheet = contact_sheet(list(rows.items()), args.sheets / f"{folder.replace('/', '-')}.png")
             print(f"contact sheet ({', '.join(['input', *enhancers])}): {sheet}", flush=True)

@@ -48,6 +48,8 @@ __all__ = [
     "entropy",
     "lightness_order_error",
     "noise_sigma",
+    "flat_dark_mask",
+    "flat_dark_noise",
     "average",
     "evaluate_pairs",
     "write_csv",
@@ -318,6 +320,56 @@ def noise_sigma(x: Any) -> float:
     n = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
     conv = sum(n[i, j] * g[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3))
     return float(math.sqrt(math.pi / 2.0) * np.abs(conv).sum() / (6.0 * (w - 2) * (h - 2)))
+
+
+#: :func:`flat_dark_mask`'s rule: Gaussian blur of the input's gray image (pixels), the share of darkest
+#: pixels kept, and the share of those (the flattest) kept after them.
+FLAT_DARK_BLUR = 2.0
+FLAT_DARK_SHARE = 1.0 / 3.0
+FLAT_SHARE = 0.5
+
+
+def flat_dark_mask(original: Any) -> np.ndarray:
+    """Where an input is dark and flat: a boolean ``(H, W)`` mask, from the input alone.
+
+    Rule: blur the input's 8-bit gray image (:func:`gray_uint8`) with a Gaussian of sigma
+    :data:`FLAT_DARK_BLUR` = 2 pixels (so the input's own noise does not decide); a pixel is *dark*
+    when its blurred value is in the image's darkest third (at or below the 1/3 quantile), and *flat*
+    when, among the dark pixels, its blurred gradient magnitude (central differences) is at or below
+    their median. So the mask holds about a sixth of every image: the flattest half of its darkest
+    third, the sky, walls and shadows where an enhancer's amplified noise shows most. A share, not
+    a level, so the rule is the same for every photo.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    g = gaussian_filter(gray_uint8(original).astype(np.float64), FLAT_DARK_BLUR, mode="reflect")
+    dark = g <= np.quantile(g, FLAT_DARK_SHARE)
+    gy, gx = np.gradient(g)
+    grad = np.hypot(gx, gy)
+    return dark & (grad <= np.quantile(grad[dark], FLAT_SHARE))
+
+
+def flat_dark_noise(enhanced: Any, original: Any) -> float:
+    """Immerkaer's noise estimate (:func:`noise_sigma`, 8-bit levels) of ``enhanced`` restricted to the
+    flat dark areas of ``original`` (:func:`flat_dark_mask`): ``sqrt(pi/2) / 6 * mean |(I * N)(x)|``
+    over the mask's pixels whose 3x3 neighbourhood is inside the image. NaN when there are none.
+
+    Whole-image noise is dominated by texture and bright areas; the noise an enhancer lifts out of
+    the dark is what this one sees. On a flat patch with white noise of std sigma it reads sigma.
+    """
+    g = gray_uint8(enhanced).astype(np.float64)
+    mask = flat_dark_mask(original)
+    if mask.shape != g.shape:
+        raise ValueError(f"enhanced and original differ in size: {g.shape} vs {mask.shape}")
+    h, w = g.shape
+    if h < 3 or w < 3:
+        raise ValueError(f"flat_dark_noise needs at least 3x3 pixels, got {h}x{w}")
+    n = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
+    conv = sum(n[i, j] * g[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3))
+    inner = mask[1 : h - 1, 1 : w - 1]
+    if not inner.any():
+        return float("nan")
+    return float(math.sqrt(math.pi / 2.0) * np.abs(conv[inner]).mean() / 6.0)
 
 
 # -- sets of images --------------------------------------------------------------------------

@@ -74,6 +74,10 @@ class RUASOptions:
     train_schedule: str = field(default="joint", metadata={"choices": ("joint", "iem_then_nrm")})
     # the network: CVPR 2021 (searched and trained here) or the journal release (noise-gated NRM; runs imported weights)
     variant: str = field(default="cvpr", metadata={"choices": ("cvpr", "journal")})
+    # what the NRM is trained towards: "tv" (released: MSE to its input u + TV) or "synthetic" (a crop made noisy
+    # with a camera noise model, the IEM run on it, the NRM pulled to the clean crop through the same maps; see
+    # nasflow.tasks.ruas.noise)
+    nrm_target: str = field(default="tv", metadata={"choices": ("tv", "synthetic")})
 
 
 def _exposed(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -82,6 +86,18 @@ def _exposed(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
     inner = getattr(model, "module", model)
     expose = getattr(inner, "expose", None)
     return expose(y) if callable(expose) else y
+
+
+def _exposed_like(model: nn.Module, y: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``other`` through the global exposure the network gives ``y`` (:meth:`RUASNet.expose`'s
+    ``t_0 = clamp(mean(y) / k, t_min, 1)``, computed on ``y``, applied to ``other``, clipped to [0, 1]);
+    ``other`` itself for networks without the step. Must follow any change to the exposure step."""
+    inner = getattr(model, "module", model)
+    key = float(getattr(inner, "exposure_key", 0.0) or 0.0)
+    if not key:
+        return other
+    t0 = torch.clamp(y.mean(dim=(1, 2, 3), keepdim=True) / key, inner.t_min, 1.0)
+    return torch.clamp(other / t0, 0.0, 1.0)
 
 
 def _without_leaks(files: list[Path], eval_folders: list[Path]) -> list[Path]:
@@ -213,12 +229,40 @@ class RUASTask(Task):
         and its target); what is saved is recording and storing the IEM's graph, which no caller
         of these terms differentiates (the IEM's cooperative arch loss is :meth:`loss`).
         """
+        if self.options.nrm_target == "synthetic":
+            return self._synthetic_nrm(model, y)
         if isinstance(model, RUASNet):
             with torch.no_grad():
                 u, _ = model.illumination(y)
             return self._nrm(u - model.noise(u), u)
         out = model(y)
         return self._nrm(out.out, out.u)
+
+    def _synthetic_nrm(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """``nrm_target: synthetic``: the NRM loss on a (noisy, clean) pair made from the batch
+        (:func:`nasflow.tasks.ruas.noise.synthesize`, draws from the task seed and the batch's bytes).
+
+        The IEM runs on the noisy image, as at inference; the target is the clean image through the
+        SAME exposure and illumination maps (``clean / (t_0 t)`` with ``t_0`` and ``t`` from the noisy
+        input), so the NRM learns to remove the noise and nothing else. The IEM runs without a graph:
+        a gradient through ``u = y / t`` would teach the IEM to darken (less lifted noise), so under
+        this target the IEM's weights and alphas learn from the IEM loss alone (also in ``joint``
+        training and the cooperative arch loss).
+        """
+        from nasflow.tasks.ruas.noise import batch_generator, nrm_synthetic_loss, synthesize
+
+        pair = synthesize(y, batch_generator(self.seed, y))
+        noisy, clean = pair.noisy.to(y.device), pair.clean.to(y.device)
+        if isinstance(model, RUASNet):
+            with torch.no_grad():
+                u, ts = model.illumination(noisy)
+            out, t = u - model.noise(u), ts[-1]
+        else:
+            res = model(noisy)
+            out, t = res.out, res.t
+        with torch.no_grad():
+            target = torch.clamp(_exposed_like(model, noisy, clean) / t, 0.0, 1.0)
+        return nrm_synthetic_loss(out, target)
 
     def _nrm(self, out: torch.Tensor, u: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The NRM loss of the output ``out`` against the IEM output ``u`` (a target: not differentiated)."""
@@ -231,7 +275,8 @@ class RUASTask(Task):
         terms = {f"iem_{k}": v for k, v in iem.items()}
         total = iem["loss"]
         if self.options.use_nrm:
-            nrm = self._nrm(out.out, out.u)
+            nrm = (self._synthetic_nrm(model, batch) if self.options.nrm_target == "synthetic"
+                   else self._nrm(out.out, out.u))
             terms.update({f"nrm_{k}": v for k, v in nrm.items()})
             total = total + nrm["loss"]
         return {"loss": total, **terms}

@@ -200,6 +200,40 @@ def test_noise_sigma_recovers_white_noise_and_ignores_ramps():
         M.noise_sigma(np.zeros((2, 5, 3), dtype=np.uint8))
 
 
+def _dark_flat_and_bright_textured(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
+    """Left half a flat dark patch (level 40), right half bright random texture: an 8-bit gray photo."""
+    img = np.full((h, w), 40.0)
+    img[:, w // 2 :] = np.random.default_rng(seed).uniform(120, 255, (h, w - w // 2))
+    return np.repeat(np.round(img)[:, :, None], 3, axis=2).astype(np.uint8)
+
+
+def test_flat_dark_mask_is_the_flattest_half_of_the_darkest_third():
+    inp = _dark_flat_and_bright_textured()
+    mask = M.flat_dark_mask(inp)
+    assert mask.shape == inp.shape[:2]
+    assert not mask[:, 80:].any()  # nothing from the bright half
+    assert 0.1 <= mask.mean() <= 0.5  # about a sixth of the image; ties in a flat patch may keep more
+
+
+def test_flat_dark_noise_reads_the_noise_of_flat_dark_areas():
+    from scipy.ndimage import gaussian_filter
+
+    inp = _dark_flat_and_bright_textured()
+    rng = np.random.default_rng(1)
+    for sigma in (3.0, 6.0):
+        out = np.clip(np.round(inp + rng.normal(0, sigma, inp.shape[:2])[:, :, None]), 0, 255).astype(np.uint8)
+        assert M.flat_dark_noise(out, inp) == pytest.approx(sigma, rel=0.1)
+        assert M.noise_sigma(out) > 3 * sigma  # the whole-image figure is swamped by the texture
+        smoothed = np.round(gaussian_filter(out.astype(float), (1.5, 1.5, 0))).astype(np.uint8)
+        assert M.flat_dark_noise(smoothed, inp) < 0.3 * M.flat_dark_noise(out, inp)
+    # noise outside the flat dark areas does not count
+    bright_noisy = inp.astype(float)
+    bright_noisy[:, 80:] += rng.normal(0, 10, (120, 80, 1))
+    assert M.flat_dark_noise(np.clip(np.round(bright_noisy), 0, 255).astype(np.uint8), inp) < 0.5
+    with pytest.raises(ValueError, match="size"):
+        M.flat_dark_noise(inp[:, :100], inp)
+
+
 def _gray_ramp(h: int, w: int) -> np.ndarray:
     v = np.linspace(10, 240, h * w).reshape(h, w)
     return np.repeat(np.round(v)[:, :, None], 3, axis=2).astype(np.uint8)

@@ -213,3 +213,51 @@ def test_iem_loss_is_taken_against_the_exposed_image() -> None:
     for terms in (task.iem_terms(model, y), {k[4:]: v for k, v in task.loss(model, y).items() if k.startswith("iem_")}):
         torch.testing.assert_close(terms["loss"], want["loss"])
     assert not torch.allclose(task._iem(ts, y)["loss"], want["loss"])
+
+
+def test_nrm_target_option_validates() -> None:
+    import pytest
+
+    from nasflow.errors import ConfigError
+
+    assert build_task(load_run_config("ruas", TINY), torch.device("cpu")).options.nrm_target == "tv"
+    with pytest.raises(ConfigError, match="nrm_target"):
+        build_task(load_run_config("ruas", TINY + ["task_options.nrm_target=denoise"]), torch.device("cpu"))
+
+
+def test_synthetic_nrm_target_trains_the_nrm_towards_the_clean_image() -> None:
+    """``nrm_target: synthetic``: the NRM loss is MSE to the clean crop through the noisy input's maps,
+    the IEM gets no gradient from it, the draws repeat, and a few steps on one batch lower it."""
+    from nasflow.core.compile import compile_model
+    from nasflow.core.supernet import weight_parameters
+    from nasflow.tasks.ruas.noise import batch_generator, synthesize
+
+    cfg = load_run_config("ruas", TINY + ["task_options.nrm_target=synthetic", "task_options.exposure_key=0.46"])
+    task = build_task(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = compile_model(task.build_supernet(), task.named_genotypes()["paper"])
+    y = torch.cat(task.search_batches(0)[0])  # 2 crops of 32 px
+    terms = task.nrm_terms(model, y)
+    assert set(terms) == {"loss", "mse"}
+    torch.testing.assert_close(task.nrm_terms(model, y)["loss"], terms["loss"])  # same batch, same draws
+    # by hand: the IEM on the noisy image, the clean one through the same t_0 and t
+    pair = synthesize(y, batch_generator(task.seed, y))
+    with torch.no_grad():
+        u, ts = model.illumination(pair.noisy)
+        t0 = torch.clamp(pair.noisy.mean(dim=(1, 2, 3), keepdim=True) / 0.46, model.t_min, 1.0)
+        target = torch.clamp(torch.clamp(pair.clean / t0, 0, 1) / ts[-1], 0, 1)
+        want = (u - model.noise(u) - target).pow(2).mean()
+    torch.testing.assert_close(terms["loss"].detach(), want)
+    # the joint loss carries the same NRM term; the IEM's weights get nothing from it
+    torch.testing.assert_close(task.loss(model, y)["nrm_loss"].detach(), want)
+    iem = weight_parameters(model, "iem")
+    assert all(g is None for g in torch.autograd.grad(terms["loss"], iem, allow_unused=True))
+    nrm = weight_parameters(model, "nrm")
+    opt = torch.optim.Adam(nrm, lr=0.01)
+    first = terms["loss"].item()
+    for _ in range(10):
+        opt.zero_grad()
+        loss = task.nrm_terms(model, y)["loss"]
+        loss.backward()
+        opt.step()
+    assert task.nrm_terms(model, y)["loss"].item() < 0.9 * first
