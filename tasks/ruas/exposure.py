@@ -33,6 +33,18 @@ Why each part (the rules the constants follow, never fitted to evaluation pairs)
   ``2 ** bias`` after the clamp, so +1 doubles the step's output (before clipping) and -1 halves it,
   also for photos the step would otherwise leave alone.
 
+``metering`` says what the target is compared with and where the gain applies:
+
+* ``"mean"``: the arithmetic mean of the sRGB values; the gain scales the sRGB values.
+* ``"reinhard"``: Reinhard et al. 2002's photographic key, eq. 1: the log-average of the linear
+  luminance ``L = 0.2126 R + 0.7152 G + 0.0722 B`` (sRGB decoded, IEC 61966-2-1),
+  ``exp(mean(log(delta + L)))``, is brought to ``target`` (their key ``a = 0.18``: 18 % grey),
+  with the gain applied in linear light and the result encoded back to sRGB, as a camera's
+  exposure would; ``h`` is then read in linear light too. ``delta`` is half an 8-bit level in
+  linear light, so a black pixel counts as the darkest level a file holds, not as minus infinity.
+  The log-average is what the zone system meters: a dark photo with a few bright areas is exposed
+  for its mass of dark pixels, not pulled down by the bright ones as the arithmetic mean is.
+
 The gain is monotone in the input's exposure: scaling ``y`` by ``s`` scales ``m`` and ``h`` by
 ``s`` (until ``h`` clips), so ``g * m = max(m, min(target, 2 ** headroom_ev * m / h))`` does not fall
 as ``s`` rises. The same gain multiplies R, G and B: no colour cast.
@@ -47,6 +59,21 @@ import torch
 # Pixels read for the highlight quantile: larger images are subsampled on a regular grid, so that a
 # 24-megapixel photo costs what a 1-megapixel one does and the quantile stays within torch's limits.
 QUANTILE_PIXELS = 1 << 20
+METERINGS = ("mean", "reinhard")
+LOG_DELTA = 0.5 / 255 / 12.92  # half an 8-bit level, in linear light (Reinhard et al. 2002, eq. 1's delta)
+REC709 = (0.2126, 0.7152, 0.0722)  # linear luminance weights of sRGB primaries (ITU-R BT.709)
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """IEC 61966-2-1 sRGB decoding (of values clipped to [0, 1])."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.04045, x / 12.92, ((x.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """IEC 61966-2-1 sRGB encoding (of values clipped to [0, 1])."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
 
 
 @dataclass(frozen=True)
@@ -57,8 +84,11 @@ class ExposurePolicy:
     headroom_ev: float | None = None  # None: no highlight limit (the key policy)
     highlight_quantile: float = 0.99
     t_min: float = 1e-3
+    metering: str = "mean"
 
     def __post_init__(self) -> None:
+        if self.metering not in METERINGS:
+            raise ValueError(f"the exposure metering must be one of {', '.join(METERINGS)}, got {self.metering!r}")
         if not 0.0 < self.target <= 1.0:
             raise ValueError(f"the exposure target must be in (0, 1], got {self.target}")
         if self.headroom_ev is not None and self.headroom_ev < 0:
@@ -67,16 +97,30 @@ class ExposurePolicy:
             raise ValueError(f"the highlight quantile must be in [0.5, 1], got {self.highlight_quantile}")
 
     def gain(self, y: torch.Tensor, exposure_bias: float = 0.0) -> torch.Tensor:
-        """The per-image gain ``g`` (shape ``[N, 1, 1, 1]``) for a batch ``y`` in [0, 1]."""
-        mean = y.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-        g = self.target / mean
-        if self.headroom_ev is not None:
-            g = torch.minimum(g, 2.0 ** self.headroom_ev / highlight(y, self.highlight_quantile))
-        g = torch.clamp(g, 1.0, 1.0 / self.t_min)
+        """The per-image gain ``g`` (shape ``[N, 1, 1, 1]``) for a batch ``y`` in [0, 1] (sRGB); with
+        ``reinhard`` metering a gain of linear light."""
+        with torch.no_grad():
+            if self.metering == "reinhard":
+                y = srgb_to_linear(y)
+                weights = torch.tensor(REC709, dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
+                level = torch.exp(torch.log(LOG_DELTA + (y * weights).sum(dim=1, keepdim=True)).mean(
+                    dim=(1, 2, 3), keepdim=True))
+            else:
+                level = y.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+            g = self.target / level
+            if self.headroom_ev is not None:
+                g = torch.minimum(g, 2.0 ** self.headroom_ev / highlight(y, self.highlight_quantile))
+            g = torch.clamp(g, 1.0, 1.0 / self.t_min)
         return g * 2.0 ** exposure_bias if exposure_bias else g
 
+    def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``x`` (sRGB) under the gain ``g`` (from :meth:`gain`, possibly of another image), clipped to [0, 1]."""
+        if self.metering == "reinhard":
+            return linear_to_srgb(srgb_to_linear(x) * g)
+        return torch.clamp(x * g, 0.0, 1.0)
+
     def __call__(self, y: torch.Tensor, exposure_bias: float = 0.0) -> torch.Tensor:
-        return torch.clamp(y * self.gain(y, exposure_bias), 0.0, 1.0)
+        return self.apply(y, self.gain(y, exposure_bias))
 
 
 def highlight(y: torch.Tensor, quantile: float) -> torch.Tensor:

@@ -41,11 +41,12 @@ STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as re
 
 
 def exposure_policy(key: float, headroom_ev: float | None = None, highlight_quantile: float = 0.99,
-                    t_min: float = T_MIN) -> ExposurePolicy | None:
+                    t_min: float = T_MIN, metering: str = "mean") -> ExposurePolicy | None:
     """The global exposure step for a network's options (:mod:`nasflow.tasks.ruas.exposure`); None at ``key = 0``."""
     if not key:
         return None
-    return ExposurePolicy(target=key, headroom_ev=headroom_ev, highlight_quantile=highlight_quantile, t_min=t_min)
+    return ExposurePolicy(target=key, headroom_ev=headroom_ev, highlight_quantile=highlight_quantile, t_min=t_min,
+                          metering=metering)
 
 
 def split_exposure(network: nn.Module) -> "tuple[Callable[..., torch.Tensor], nn.Module] | None":
@@ -111,6 +112,7 @@ class RUASNet(Supernet):
         exposure_key: float = 0.0,
         exposure_headroom_ev: float | None = None,
         exposure_highlight: float = 0.99,
+        exposure_metering: str = "mean",
     ) -> None:
         super().__init__()
         if not 0.0 <= exposure_key <= 1.0:
@@ -127,7 +129,8 @@ class RUASNet(Supernet):
                              f"{len(self.space.graph().inputs)}")
         self.use_nrm = use_nrm
         self.warm_start = warm_start
-        self.exposure = exposure_policy(float(exposure_key), exposure_headroom_ev, exposure_highlight, self.t_min)
+        self.exposure = exposure_policy(float(exposure_key), exposure_headroom_ev, exposure_highlight, self.t_min,
+                                        exposure_metering)
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
         if use_nrm:
             self.nrm_stem = tag(nn.Conv2d(3, nrm_channels, 3, padding=1, bias=True), "nrm")

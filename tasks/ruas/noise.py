@@ -56,6 +56,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nasflow.tasks.ruas.exposure import linear_to_srgb, srgb_to_linear
+
 # Brooks et al. 2019, sec. 3.3 (the "unprocessing" paper's random_noise_levels)
 SHOT_RANGE: tuple[float, float] = (1e-4, 1.2e-2)
 READ_SLOPE, READ_INTERCEPT, READ_STD = 2.18, 1.20, 0.26
@@ -84,18 +86,6 @@ class NoiseRanges:
             raise ValueError(f"clean_fraction must be in [0, 1], got {self.clean_fraction}")
         if self.downsample < 1:
             raise ValueError(f"downsample must be >= 1, got {self.downsample}")
-
-
-def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
-    """The sRGB EOTF (IEC 61966-2-1): ``x / 12.92`` below 0.04045, else ``((x + 0.055) / 1.055) ** 2.4``."""
-    x = x.clamp(0.0, 1.0)
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`srgb_to_linear`: ``12.92 x`` below 0.0031308, else ``1.055 x ** (1/2.4) - 0.055``."""
-    x = x.clamp(0.0, 1.0)
-    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055)
 
 
 def noise_levels(n: int, g: torch.Generator, ranges: NoiseRanges = NoiseRanges()) -> tuple[torch.Tensor, torch.Tensor]:

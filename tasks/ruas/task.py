@@ -66,6 +66,9 @@ class RUASOptions:
     # exposure_highlight quantile of the channel maximum) at most this many stops past full scale (None: no limit)
     exposure_headroom_ev: float | None = field(default=None, metadata={"min": 0.0})
     exposure_highlight: float = field(default=0.99, metadata={"min": 0.5, "max": 1.0})
+    # what exposure_key is compared with: the mean of the sRGB values, or Reinhard et al. 2002's log-average of the
+    # linear luminance (exposure_key 0.18), the gain then applied in linear light
+    exposure_metering: str = field(default="mean", metadata={"choices": ("mean", "reinhard")})
     # the IEM's exposure target lifts a region by at most this many stops (None: no cap); see losses.exposure_target
     exposure_max_lift_ev: float | None = field(default=None, metadata={"min": 0.0})
     fidelity_stages: str = field(default="last", metadata={"choices": ("last", "all")})  # released: last
@@ -89,15 +92,10 @@ def _exposed(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 
 def _exposed_like(model: nn.Module, y: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``other`` through the global exposure the network gives ``y`` (:meth:`RUASNet.expose`'s
-    ``t_0 = clamp(mean(y) / k, t_min, 1)``, computed on ``y``, applied to ``other``, clipped to [0, 1]);
-    ``other`` itself for networks without the step. Must follow any change to the exposure step."""
-    inner = getattr(model, "module", model)
-    key = float(getattr(inner, "exposure_key", 0.0) or 0.0)
-    if not key:
-        return other
-    t0 = torch.clamp(y.mean(dim=(1, 2, 3), keepdim=True) / key, inner.t_min, 1.0)
-    return torch.clamp(other / t0, 0.0, 1.0)
+    """``other`` through the global exposure the network gives ``y`` (the gain of :meth:`RUASNet.expose`,
+    computed on ``y``, applied to ``other``); ``other`` itself for networks without the step."""
+    policy = getattr(getattr(model, "module", model), "exposure", None)
+    return other if policy is None else policy.apply(other, policy.gain(y))
 
 
 def _without_leaks(files: list[Path], eval_folders: list[Path]) -> list[Path]:
@@ -205,7 +203,8 @@ class RUASTask(Task):
                                   use_nrm=o.use_nrm, warm_start=o.warm_start)
         return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm,
                        warm_start=o.warm_start, exposure_key=o.exposure_key,
-                       exposure_headroom_ev=o.exposure_headroom_ev, exposure_highlight=o.exposure_highlight)
+                       exposure_headroom_ev=o.exposure_headroom_ev, exposure_highlight=o.exposure_highlight,
+                       exposure_metering=o.exposure_metering)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""

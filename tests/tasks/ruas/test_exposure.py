@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from nasflow.tasks.ruas.exposure import ExposurePolicy, ExposureStep, highlight
+from nasflow.tasks.ruas.exposure import ExposurePolicy, ExposureStep, highlight, linear_to_srgb, srgb_to_linear
 
 SCENE = ExposurePolicy(target=0.35, headroom_ev=0.5)
 KEY = ExposurePolicy(target=0.46)
+REINHARD = ExposurePolicy(target=0.18, metering="reinhard")
 
 
 def _textured(mean: float, seed: int = 0, size: tuple[int, int] = (48, 64)) -> torch.Tensor:
@@ -60,6 +61,37 @@ def test_one_gain_for_all_channels() -> None:
     assert torch.allclose(ratios, ratios[:, :1].expand_as(ratios))
 
 
+def test_reinhard_metering_brings_the_log_average_linear_luminance_to_the_key() -> None:
+    dark = _textured(0.1)
+    out = srgb_to_linear(REINHARD(dark))
+    luminance = (out * torch.tensor([0.2126, 0.7152, 0.0722]).view(1, 3, 1, 1)).sum(dim=1)
+    clipped = (out >= 1).any(dim=1)
+    assert not clipped.any()
+    log_average = torch.exp(torch.log(luminance + 0.5 / 255 / 12.92).mean()).item()
+    assert log_average == pytest.approx(0.18, rel=0.03)  # delta is not scaled by the gain
+    # the gain is one of linear light: a grey card's colour ratios are kept in linear light
+    card = torch.tensor([0.05, 0.08, 0.06]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    lin_in, lin_out = srgb_to_linear(card), srgb_to_linear(REINHARD(card))
+    assert torch.allclose(lin_out / lin_in, (lin_out / lin_in)[:, :1].expand_as(lin_in), rtol=1e-4)
+
+
+def test_srgb_round_trip() -> None:
+    x = torch.linspace(0, 1, 1001)
+    assert torch.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), light=st.floats(0.0, 0.2), scales=st.lists(st.floats(0.01, 1.0), min_size=2,
+                                                                               max_size=6))
+def test_reinhard_output_is_monotone_in_a_linear_exposure(seed: int, light: float, scales: list[float]) -> None:
+    """Exposure is a gain of linear light: the same scene exposed longer never comes out darker."""
+    scene = srgb_to_linear(_textured(0.4, seed, (24, 24)))
+    scene[..., : int(24 * light) + 1, :3] = 1.0
+    for policy in (REINHARD, ExposurePolicy(target=0.18, headroom_ev=0.0, metering="reinhard")):
+        means = [policy(linear_to_srgb(scene * s)).mean().item() for s in sorted(scales)]
+        assert all(b >= a - 1e-5 for a, b in zip(means, means[1:])), (policy, sorted(scales), means)
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), light=st.floats(0.0, 0.2), scales=st.lists(st.floats(0.02, 1.0), min_size=2,
                                                                                max_size=6))
@@ -82,6 +114,7 @@ def test_highlight_quantile_subsamples_large_images_consistently() -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"target": 0.0}, "target"), ({"target": 1.5}, "target"),
     ({"target": 0.3, "headroom_ev": -1.0}, "headroom"), ({"target": 0.3, "highlight_quantile": 0.2}, "quantile"),
+    ({"target": 0.3, "metering": "spot"}, "metering"),
 ])
 def test_bad_policies_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
