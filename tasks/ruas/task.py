@@ -70,7 +70,7 @@ class RUASOptions:
     train_schedule: str = field(default="joint", metadata={"choices": ("joint", "iem_then_nrm")})
     # the network: CVPR 2021 (searched and trained here) or the journal release (noise-gated NRM; runs imported weights)
     variant: str = field(default="cvpr", metadata={"choices": ("cvpr", "journal")})
-    # synthetic: degraded variants per test photo (None: variants); the test set is every test photo at each
+    # synthetic: degraded variants of each test photo (None: as many as variants)
     test_variants: int | None = field(default=None, metadata={"min": 1})
 
 
