@@ -5,7 +5,8 @@
 * :class:`UnpairedFolder` -- low-light images only (reference-free training); returns ``y``.
 * :class:`PairedFolders` -- ``low/`` + ``high/`` matched by file stem; returns ``(low, high, stem)``.
 * :class:`SyntheticLowLight` -- the embedded default: clean photos bundled inside the
-  scikit-image wheel, darkened on the fly (exposure, gamma, Poisson-Gaussian noise);
+  scikit-image wheel, darkened on the fly (a shorter exposure in linear light with
+  Poisson-Gaussian sensor noise);
   returns ``(low, high, name)``. Needs no network and no data on disk.
 
 Randomness (crops, flips, degradations) is derived from ``(seed, epoch, index)`` rather than a
@@ -300,8 +301,10 @@ def _preview(names: Sequence[str], limit: int = 10) -> str:
 
 # -- synthetic (embedded default) --------------------------------------------------------------
 
-#: Natural RGB photos that ship inside the scikit-image wheel (no pooch download needed),
-#: as ``name -> skimage.data function``. ``motorcycle`` is the left view of ``stereo_motorcycle``.
+#: Photos that ship inside the scikit-image wheel (no pooch download needed), as
+#: ``name -> skimage.data function``. ``motorcycle`` is the left view of ``stereo_motorcycle``;
+#: ``camera`` (the cameraman) and ``coins`` are grey photos, replicated to 3 channels: a neutral
+#: scene the network must keep neutral.
 BUNDLED_IMAGES: dict[str, str] = {
     "astronaut": "astronaut",
     "chelsea": "chelsea",
@@ -309,13 +312,17 @@ BUNDLED_IMAGES: dict[str, str] = {
     "rocket": "rocket",
     "immunohistochemistry": "immunohistochemistry",
     "motorcycle": "stereo_motorcycle",
+    "camera": "camera",
+    "coins": "coins",
 }
 
-#: Default split by *source image* (no scene appears in two splits).
+#: Default split by *source image* (no scene appears in two splits). The test photos are three
+#: different colour scenes (a white cup on red and brown, a ginger cat, a motorcycle in a
+#: workshop), so the evaluation and its contact sheet are not one photo seen eight times.
 DEFAULT_SPLIT: dict[str, tuple[str, ...]] = {
-    "train": ("astronaut", "rocket", "immunohistochemistry", "motorcycle"),
-    "val": ("chelsea",),
-    "test": ("coffee",),
+    "train": ("astronaut", "rocket", "immunohistochemistry", "camera"),
+    "val": ("coins",),
+    "test": ("coffee", "chelsea", "motorcycle"),
 }
 
 _CLEAN_CACHE: dict[str, torch.Tensor] = {}
@@ -339,30 +346,54 @@ def load_bundled(name: str) -> torch.Tensor:
     return _CLEAN_CACHE[name]
 
 
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1, the sRGB decoding curve)."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """Linear light in [0, 1] -> sRGB-encoded values (IEC 61966-2-1, the sRGB encoding curve)."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+
+
+def _log_uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(_uniform(g, float(np.log(lo)), float(np.log(hi)))))
+
+
 def degrade(
     clean: torch.Tensor,
     g: torch.Generator,
-    exposure: tuple[float, float] = (0.05, 0.3),
-    gamma: tuple[float, float] = (1.5, 3.0),
-    photons: tuple[float, float] = (100.0, 1000.0),
-    read_noise: tuple[float, float] = (0.001, 0.01),
+    exposure: tuple[float, float] = (0.02, 0.15),
+    photons: tuple[float, float] = (2000.0, 20000.0),
+    read_noise: tuple[float, float] = (0.0002, 0.002),
     quantize: bool = True,
 ) -> torch.Tensor:
-    """Low-light version of ``clean``: ``exposure * clean ** gamma`` + Poisson-Gaussian noise.
+    """Low-light version of the sRGB photo ``clean``: a shorter exposure of the same scene.
 
-    ``photons`` is the photon count at full scale (shot noise ~ sqrt(signal / photons)),
-    ``read_noise`` the std of the additive Gaussian; each range is sampled (log-uniformly for
-    photons) from ``g``. The result is clipped to ``[0, 1]`` and, with ``quantize``, rounded
-    to 8 bits like a real camera file.
+    The model of a camera (as in the unprocessing pipeline of Brooks et al., CVPR 2019, without
+    its colour steps)::
+
+        x   = srgb_to_linear(clean)                       # scene light, linear
+        s   = k * x                                       # k: the exposure, same for R, G, B
+        raw = Poisson(s * peak) / peak + N(0, sigma^2)    # shot noise + read noise (Foi et al. 2008)
+        low = round(255 * linear_to_srgb(clip(raw))) / 255
+
+    ``k`` is drawn log-uniformly from ``exposure`` (0.02-0.15: 2.7 to 5.6 stops under), ``peak``
+    (photons at full scale, the sensor's full well) log-uniformly from ``photons``, ``sigma``
+    uniformly from ``read_noise`` (linear units), all from ``g``. The darkening is one gain in
+    linear light, so up to noise and clipping the colours are those of ``clean`` and one global
+    gain in linear light undoes it: no per-channel change the network could not undo. With
+    ``quantize`` the result is rounded to 8 bits like a camera file.
     """
-    k = _uniform(g, *exposure)
-    gm = _uniform(g, *gamma)
-    peak = float(np.exp(_uniform(g, float(np.log(photons[0])), float(np.log(photons[1])))))
+    k = _log_uniform(g, *exposure)
+    peak = _log_uniform(g, *photons)
     sigma = _uniform(g, *read_noise)
-    signal = k * clean.clamp(0, 1).pow(gm)
+    signal = k * srgb_to_linear(clean)
     noisy = torch.poisson(signal * peak, generator=g) / peak
     noisy = noisy + sigma * torch.randn(signal.shape, generator=g)
-    low = noisy.clamp(0.0, 1.0)
+    low = linear_to_srgb(noisy.clamp(0.0, 1.0))
     if quantize:
         low = torch.round(low * 255.0) / 255.0
     return low
@@ -373,8 +404,8 @@ class SyntheticLowLight(_Seeded, Dataset):
     """Bundled clean photos turned into ``(low, high, name)`` pairs on the fly (embedded default).
 
     Item ``i`` is variant ``i % variants`` of image ``images[i // variants]``, named
-    ``"<image>_<variant:03d>"``. Its degradation (exposure in ``exposure``, gamma in
-    ``gamma``, Poisson-Gaussian noise) is drawn from ``(seed, name)`` only, so a pair is
+    ``"<image>_<variant:03d>"``. Its degradation (:func:`degrade`: a shorter exposure in linear
+    light, ``exposure``, with Poisson-Gaussian sensor noise) is drawn from ``(seed, name)`` only, so a pair is
     reproducible; crops/flips additionally depend on ``set_epoch``. ``split`` selects
     ``"train"``/``"val"``/``"test"`` (see :data:`DEFAULT_SPLIT`; by source image) or ``None``
     for all images; ``images`` overrides the image list. With ``fresh_each_epoch`` the
@@ -389,10 +420,9 @@ class SyntheticLowLight(_Seeded, Dataset):
         flip: bool | None = None,
         seed: int = 0,
         images: Iterable[str] | None = None,
-        exposure: tuple[float, float] = (0.05, 0.3),
-        gamma: tuple[float, float] = (1.5, 3.0),
-        photons: tuple[float, float] = (100.0, 1000.0),
-        read_noise: tuple[float, float] = (0.001, 0.01),
+        exposure: tuple[float, float] = (0.02, 0.15),
+        photons: tuple[float, float] = (2000.0, 20000.0),
+        read_noise: tuple[float, float] = (0.0002, 0.002),
         quantize: bool = True,
         fresh_each_epoch: bool = False,
     ) -> None:
@@ -409,9 +439,11 @@ class SyntheticLowLight(_Seeded, Dataset):
                 raise NasflowError(f"unknown bundled image '{name}'; choose from {', '.join(BUNDLED_IMAGES)}")
         if variants < 1:
             raise NasflowError(f"variants must be >= 1, got {variants}")
-        for label, (lo, hi) in (("exposure", exposure), ("gamma", gamma), ("photons", photons), ("read_noise", read_noise)):
-            if not (0 <= lo <= hi):
-                raise NasflowError(f"{label} range must satisfy 0 <= lo <= hi, got {(lo, hi)}")
+        for label, (lo, hi) in (("exposure", exposure), ("photons", photons)):  # drawn log-uniformly
+            if not (0 < lo <= hi):
+                raise NasflowError(f"{label} range must satisfy 0 < lo <= hi, got {(lo, hi)}")
+        if not (0 <= read_noise[0] <= read_noise[1]):
+            raise NasflowError(f"read_noise range must satisfy 0 <= lo <= hi, got {read_noise}")
         self.split = split
         self.variants = int(variants)
         self.crop = _crop_size(crop)
@@ -419,7 +451,7 @@ class SyntheticLowLight(_Seeded, Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.fresh_each_epoch = bool(fresh_each_epoch)
-        self.params = dict(exposure=exposure, gamma=gamma, photons=photons, read_noise=read_noise, quantize=quantize)
+        self.params = dict(exposure=exposure, photons=photons, read_noise=read_noise, quantize=quantize)
 
     def __len__(self) -> int:
         return len(self.images) * self.variants
@@ -464,9 +496,11 @@ __all__ = [
     "SyntheticLowLight",
     "UnpairedFolder",
     "degrade",
+    "linear_to_srgb",
     "list_images",
     "load_bundled",
     "pad_to",
     "random_crop_flip",
     "read_image",
+    "srgb_to_linear",
 ]

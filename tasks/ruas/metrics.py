@@ -9,6 +9,7 @@ truncation), PSNR is computed on 8-bit RGB, SSIM is scikit-image's
 * :func:`gt_mean_psnr`, :func:`brightness_error` -- exposure apart from the rest: PSNR after
   scaling the output to the ground truth's mean, and the signed mean-brightness difference.
 * :func:`bootstrap_interval` -- a percentile bootstrap interval of a mean over images.
+* :func:`neutral_cast`, :func:`grey_world_shift` -- colour cast of an output against its reference.
 * :func:`mean_brightness`, :func:`entropy`, :func:`lightness_order_error`, :func:`noise_sigma`
   -- no-reference statistics for sets without ground truth.
 * :func:`evaluate_pairs` -> per-image rows and means; :func:`write_csv` writes them.
@@ -43,6 +44,8 @@ __all__ = [
     "gt_mean_psnr",
     "brightness_error",
     "bootstrap_interval",
+    "neutral_cast",
+    "grey_world_shift",
     "mean_brightness",
     "gray_uint8",
     "entropy",
@@ -224,6 +227,48 @@ def bootstrap_interval(
         means[start:stop] = vals[rng.integers(0, vals.size, (stop - start, vals.size))].mean(axis=1)
     low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return float(low), float(high)
+# -- colour cast (output vs reference) -------------------------------------------------------
+
+#: Reference pixels count as near-neutral when their channels differ by at most this (of full
+#: scale) and their mean lies in NEUTRAL_RANGE (not near black, where noise dominates, nor clipped).
+NEUTRAL_CHROMA = 0.08
+NEUTRAL_RANGE = (0.2, 0.95)
+
+
+def neutral_cast(output: Any, reference: Any, min_fraction: float = 0.002) -> float | None:
+    """Colour cast of ``output`` where ``reference`` is near-neutral (white, grey): with ``m_R, m_G,
+    m_B`` the output's channel means over those pixels, ``(max m - min m) / mean m`` (0: grey stays
+    grey; a magenta white cup, green low, gives about 0.3). None when fewer than ``min_fraction`` of
+    the pixels are near-neutral. Pixels per :data:`NEUTRAL_CHROMA` and :data:`NEUTRAL_RANGE`."""
+    out8, ref8 = _as_uint8(output, "output"), _as_uint8(reference, "reference")
+    _check_pair(out8, ref8)
+    out, ref = out8.astype(np.float64) / 255.0, ref8.astype(np.float64) / 255.0
+    if out.shape[2] != 3:
+        raise ValueError(f"neutral_cast needs RGB images, got {out.shape[2]} channels")
+    level = ref.mean(axis=2)
+    mask = (ref.max(axis=2) - ref.min(axis=2) <= NEUTRAL_CHROMA) & (level >= NEUTRAL_RANGE[0]) & (level <= NEUTRAL_RANGE[1])
+    if mask.mean() < min_fraction:
+        return None
+    means = out[mask].mean(axis=0)
+    return float((means.max() - means.min()) / max(means.mean(), 1e-6))
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1, the sRGB decoding curve)."""
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def grey_world_shift(output: Any, reference: Any) -> float:
+    """How far the output's colour balance moved from the reference's, grey-world style, in linear
+    light: the largest ``|c_out / c_ref - 1|`` over channels, ``c`` a channel's mean linear value
+    (:func:`srgb_to_linear`) over the image divided by the mean of all three. A change of exposure
+    is one gain in linear light and gives 0 (up to clipping); a cast in any channel does not."""
+    out8, ref8 = _as_uint8(output, "output"), _as_uint8(reference, "reference")
+    _check_pair(out8, ref8)
+    out = srgb_to_linear(out8 / 255.0).reshape(-1, out8.shape[2]).mean(axis=0) + 1e-6
+    ref = srgb_to_linear(ref8 / 255.0).reshape(-1, ref8.shape[2]).mean(axis=0) + 1e-6
+    return float(np.abs((out / out.mean()) / (ref / ref.mean()) - 1.0).max())
 
 
 # -- no-reference statistics -----------------------------------------------------------------

@@ -26,6 +26,8 @@ from nasflow.tasks.ruas.model import RUASNet, RUASOutput, paper_genotype
 
 log = logging.getLogger("nasflow")
 
+SHEET_ROWS = 8  # rows of contact_sheet.png: input | output | reference
+
 
 @dataclass
 class RUASOptions:
@@ -81,6 +83,8 @@ class RUASOptions:
     # with a camera noise model, the IEM run on it, the NRM pulled to the clean crop through the same maps; see
     # nasflow.tasks.ruas.noise)
     nrm_target: str = field(default="tv", metadata={"choices": ("tv", "synthetic")})
+    # synthetic: degraded variants of each test photo (None: as many as variants)
+    test_variants: int | None = field(default=None, metadata={"min": 1})
 
 
 def _exposed(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -114,6 +118,17 @@ def _without_leaks(files: list[Path], eval_folders: list[Path]) -> list[Path]:
         log.info("left out %d training image(s) identical to evaluation images in %s", len(files) - len(kept),
                  ", ".join(map(str, eval_folders)))
     return kept
+
+
+def sheet_rows(count: int, rows: int = SHEET_ROWS) -> list[int]:
+    """Which of ``count`` evaluation outputs the contact sheet shows: all of them, or ``rows`` spread
+    evenly over the set (first and last included). The synthetic test set lists each photo's variants
+    together, so the first ``rows`` alone could be one photo seen ``rows`` times."""
+    if count <= rows:
+        return list(range(count))
+    if rows <= 1:
+        return [0][:rows]
+    return [round(i * (count - 1) / (rows - 1)) for i in range(rows)]
 
 
 class RUASTask(Task):
@@ -150,7 +165,8 @@ class RUASTask(Task):
         o = self.options
         if o.data == "synthetic":
             train = SyntheticLowLight("train", variants=o.variants, crop=o.crop, seed=self.seed)
-            return train, SyntheticLowLight("test", variants=o.variants, seed=self.seed)
+            test_variants = o.variants if o.test_variants is None else o.test_variants
+            return train, SyntheticLowLight("test", variants=test_variants, seed=self.seed)
         if o.root is None:
             raise ConfigError("task_options.root: data 'folders' needs a root folder (e.g. ../shared/data)")
         root = Path(o.root)
@@ -378,7 +394,8 @@ class RUASTask(Task):
 
         outputs, rows, means = self._evaluation(model)
         write_csv(rows, run_dir / "per_image.csv", means)
-        contact_sheet([(name, [low, out, high]) for name, out, high, low in outputs[:8]], run_dir / "contact_sheet.png")
+        shown = [outputs[i] for i in sheet_rows(len(outputs))]
+        contact_sheet([(name, [low, out, high]) for name, out, high, low in shown], run_dir / "contact_sheet.png")
         write_text_atomic(run_dir / "splits.json", json.dumps(self.split_lists(), indent=1) + "\n")
 
     def split_lists(self) -> dict[str, list[str]]:

@@ -18,9 +18,13 @@ from nasflow.tasks.ruas.data import (
     PairedFolders,
     SyntheticLowLight,
     UnpairedFolder,
+    degrade,
+    linear_to_srgb,
     list_images,
+    load_bundled,
     pad_to,
     read_image,
+    srgb_to_linear,
 )
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -283,7 +287,7 @@ def test_synthetic_deterministic_and_dark(no_network: None) -> None:
 def test_synthetic_uncropped_pair_reproducible() -> None:
     ds = SyntheticLowLight("val", variants=1, seed=0)
     low, high, name = ds[0]
-    assert name == "chelsea_000" and low.shape == high.shape and high.shape[0] == 3
+    assert name == "coins_000" and low.shape == high.shape and high.shape[0] == 3
     assert torch.equal(low, SyntheticLowLight("val", variants=1, seed=0)[0][0])
     # 8-bit quantized, like a camera file
     assert torch.equal((low * 255).round() / 255, low)
@@ -299,10 +303,39 @@ def test_synthetic_splits() -> None:
     assert not (scenes["train"] & scenes["val"]) and not (scenes["train"] & scenes["test"])
     assert not (scenes["val"] & scenes["test"])
     assert set().union(*scenes.values()) == set(BUNDLED_IMAGES)
+    # the test set is several different photos, none of which trains
+    assert len(DEFAULT_SPLIT["test"]) >= 3 and not set(DEFAULT_SPLIT["test"]) & set(DEFAULT_SPLIT["train"])
     with pytest.raises(NasflowError, match="unknown split"):
         SyntheticLowLight("holdout")
     with pytest.raises(NasflowError, match="unknown bundled image"):
-        SyntheticLowLight(images=["camera"])
+        SyntheticLowLight(images=["moon"])
+
+
+def _linear_balance(x: torch.Tensor) -> torch.Tensor:
+    """Each channel's mean in linear light over the mean of all three (grey world)."""
+    means = srgb_to_linear(x).mean(dim=(1, 2))
+    return means / means.mean()
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_IMAGES))
+def test_degradation_is_one_exposure_in_linear_light(name: str) -> None:
+    """The darkening changes exposure, not colour: in linear light the low image's colour balance is
+    the clean photo's (what a global gain undoes), up to noise and clipping at black (4 % on the
+    darkest photo, rocket). A power curve on sRGB values (the former ``k * clean ** gamma``) moved it
+    by up to 24 % (rocket), 13 % (coffee), 9 % (motorcycle) on these variants."""
+    for variant in range(2):
+        low, high, _ = SyntheticLowLight(images=[name], variants=2, seed=0)[variant]
+        assert 0.02 < low.mean() < 0.5 * high.mean()
+        assert torch.allclose(_linear_balance(low), _linear_balance(high), rtol=0.05, atol=0)
+
+
+def test_noise_free_degradation_is_a_gain_in_linear_light() -> None:
+    high = load_bundled("coffee")
+    low = degrade(high, torch.Generator().manual_seed(0), exposure=(0.1, 0.1), photons=(1e9, 1e9),
+                  read_noise=(0.0, 0.0), quantize=False)
+    assert torch.allclose(srgb_to_linear(low), 0.1 * srgb_to_linear(high), atol=1e-4)
+    x = torch.linspace(0, 1, 101)
+    assert torch.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-6)
 
 
 def test_registered() -> None:

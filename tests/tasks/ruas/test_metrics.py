@@ -335,3 +335,38 @@ def test_contact_sheet_max_width(tmp_path: Path):
         assert im.size[0] <= 160
         h = im.size[1] - 2 * M.SHEET_PAD
         assert 3 * (2 * h) + 4 * M.SHEET_PAD <= 160 and h >= 20
+
+
+# -- colour cast -----------------------------------------------------------------------------
+
+
+def _grey_card_scene() -> np.ndarray:
+    """A white card on a red table: the card is the near-neutral reference region."""
+    a = np.zeros((40, 60, 3), dtype=np.uint8)
+    a[...] = (150, 60, 40)
+    a[10:30, 20:40] = (200, 200, 200)
+    return a
+
+
+def test_neutral_cast_zero_for_grey_and_large_for_magenta():
+    ref = _grey_card_scene()
+    darker = (ref.astype(np.float64) * 0.5).round().astype(np.uint8)
+    assert M.neutral_cast(ref, ref) == 0.0 and M.neutral_cast(darker, ref) == 0.0
+    magenta = ref.copy()
+    magenta[10:30, 20:40] = (230, 150, 220)  # the card turned magenta
+    assert M.neutral_cast(magenta, ref) == pytest.approx((230 - 150) / ((230 + 150 + 220) / 3), rel=1e-6)
+    assert M.neutral_cast(ref, np.full_like(ref, (150, 60, 40))) is None  # no neutral region
+
+
+def test_grey_world_shift_ignores_exposure_not_casts():
+    ref = _grey_card_scene()
+    lin = M.srgb_to_linear(ref / 255.0)
+    darker_lin = 0.2 * lin  # a shorter exposure: one gain in linear light
+    enc = np.where(darker_lin <= 0.0031308, 12.92 * darker_lin, 1.055 * np.maximum(darker_lin, 0.0031308) ** (1 / 2.4) - 0.055)
+    darker = (enc * 255).round().astype(np.uint8)
+    assert M.grey_world_shift(darker, ref) < 0.02
+    cast = ref.copy()
+    cast[..., 1] = (cast[..., 1] * 0.7).round().astype(np.uint8)  # green pulled down
+    assert M.grey_world_shift(cast, ref) > 0.2
+    with pytest.raises(ValueError, match="shapes differ"):
+        M.grey_world_shift(ref[:10], ref)

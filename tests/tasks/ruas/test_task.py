@@ -261,3 +261,66 @@ def test_synthetic_nrm_target_trains_the_nrm_towards_the_clean_image() -> None:
         loss.backward()
         opt.step()
     assert task.nrm_terms(model, y)["loss"].item() < 0.9 * first
+# -- the main job's first picture ---------------------------------------------------------------
+
+#: The main job (tasks/ruas.yaml) at a tiny budget: one crop of each training photo, one variant of
+#: each test photo, a one-epoch search and training. Too short to judge colours (an untrained
+#: network's maps differ per channel): those are checked through the loss below and measured on the
+#: full run (the firstrun branch's report).
+MAIN_TINY = ["task_options.variants=1", "task_options.test_variants=1", "task_options.crop=32",
+             "task_options.batch_size=2", "search.epochs=1", "train.epochs=1"]
+
+
+def test_sheet_rows_spread_over_the_set() -> None:
+    from nasflow.tasks.ruas.task import sheet_rows
+
+    assert sheet_rows(5) == [0, 1, 2, 3, 4]
+    assert sheet_rows(24) == [0, 3, 7, 10, 13, 16, 20, 23]  # 3 photos x 8 variants: every photo shown
+    assert sheet_rows(24, rows=1) == [0] and sheet_rows(0) == []
+
+
+def test_main_job_tests_and_shows_several_photos_it_never_trained_on(tmp_path) -> None:
+    """The main job's evaluation covers three different photos, none of which trained, and its
+    contact sheet shows each (it showed one photo eight times)."""
+    import json
+
+    from nasflow.run.runner import run
+    from nasflow.tasks.ruas.task import sheet_rows
+
+    cfg = load_run_config("ruas", MAIN_TINY)
+    run_dir = run(cfg, out=tmp_path / "run", quiet=True)
+    assert (run_dir / "contact_sheet.png").is_file()
+    splits = json.loads((run_dir / "splits.json").read_text())
+    photos = {split: {name.rsplit("_", 1)[0] for name in names} for split, names in splits.items()}
+    assert len(photos["test"]) >= 3 and not photos["test"] & photos["train"]
+    evaluation = build_task(cfg, torch.device("cpu")).eval_set
+    shown = {evaluation.name(i).rsplit("_", 1)[0] for i in sheet_rows(len(evaluation))}
+    assert shown == photos["test"]
+
+
+def test_main_job_iem_fidelity_asks_for_one_illumination_for_r_g_b() -> None:
+    """The illumination map that minimises the main job's IEM fidelity is the same in R, G and B, so
+    ``u = y / t`` keeps each pixel's hue. The released fidelity (``t`` towards ``y``, channel by
+    channel) asks for a per-channel map, a local white balance: its minimiser here spreads by about
+    90 % across channels, and the main job trained with it turned the white cup magenta. (The
+    smoothness term, off here, is the same for each channel and only slows the descent.)"""
+    from types import SimpleNamespace
+
+    cfg = load_run_config("ruas", TINY + ["task_options.smooth_weight=0"])
+    task = build_task(cfg, torch.device("cpu"))
+    y = task.search_batches(0)[0][0]
+    logit = torch.nn.Parameter(torch.zeros_like(y))
+
+    def free_map(_: torch.Tensor) -> SimpleNamespace:  # the IEM's output as a free tensor
+        return SimpleNamespace(ts=[torch.sigmoid(logit)])
+
+    opt = torch.optim.Adam([logit], lr=0.5)
+    for _ in range(100):
+        opt.zero_grad()
+        terms = task.iem_terms(free_map, y)
+        terms["loss"].backward()
+        opt.step()
+    assert float(terms["fidelity"].detach()) < 1e-3  # the descent reached the minimiser
+    t = torch.sigmoid(logit.detach())
+    spread = (t.amax(dim=1) - t.amin(dim=1)) / t.mean(dim=1)
+    assert float(spread.mean()) < 0.05, float(spread.mean())
