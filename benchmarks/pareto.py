@@ -1,9 +1,9 @@
 """Search that pays: dev quality against fast-path time, searched cells against controls (issue 26).
 
-    python benchmarks/pareto.py --budget smoke            # seconds: tiny settings (the test suite runs it)
-    python benchmarks/pareto.py                           # --budget default: ~75 min on 2 CPU cores (README)
+    python benchmarks/pareto.py --budget smoke            # tiny: ~1 CPU-minute (the test suite runs it)
+    python benchmarks/pareto.py                           # --budget default: ~30-70 min, quiet 2-core CPU
     python benchmarks/pareto.py --budget full --device cuda   # the shipped recipe's full training, for a GPU
-    python benchmarks/pareto.py --weights 0,3 --seeds 0   # a part of the sweep (finished arms are kept)
+    python benchmarks/pareto.py --weights 0,0.1 --seeds 0 # a part of the sweep (finished arms are kept)
 
 For every latency weight of the sweep (``search.cost: {metric: latency, weight: W}``, W = 0 is the
 plain search) and every seed, the RUAS IEM is searched (``cooperative`` strategy) and the derived
