@@ -101,6 +101,8 @@ class Arm:
     genotype: str | None = None  # "paper", "conv3x3" or "random:K" for fixed arms
     model: dict[str, Any] = field(default_factory=dict)  # task_options of the model itself
     family: str = ""  # rows summarised together (the random cloud)
+    search: dict[str, Any] = field(default_factory=dict)  # search.<key> overrides (benchmarks/pareto.py: search.cost)
+    config: Path = BASE_CONFIG  # the base configuration the budget and the arm's settings go on
 
     @property
     def searches(self) -> bool:
@@ -127,7 +129,8 @@ def arms_for(budget: Budget) -> list[Arm]:
 
 
 def fixed_genotype(spec: str, use_nrm: bool) -> Any:
-    """The genotype of a fixed arm: ``paper``, ``conv3x3`` or ``random:K`` (K-th uniform sample)."""
+    """The genotype of a fixed arm: ``paper``, ``conv3x3`` (= ``all:conv_3x3``), ``all:OP`` (every edge
+    OP) or ``random:K`` (K-th uniform sample)."""
     from nasflow.core.genotype import GenoEdge, Genotype
     from nasflow.registries import DERIVE_RULES
     from nasflow.spaces.distill_cell import DistillCellSpace
@@ -138,10 +141,10 @@ def fixed_genotype(spec: str, use_nrm: bool) -> Any:
     space = DistillCellSpace()
     graph = space.graph()
     labels = ("iem", "nrm") if use_nrm else ("iem",)
-    if spec == "conv3x3":
-        cells = {label: tuple(GenoEdge("conv_3x3", e.src, e.dst) for e in graph.edges) for label in labels}
-        return Genotype.from_cells(space.name, cells, {"source": "hand-made: every edge conv_3x3"})
-    kind, _, k = spec.partition(":")
+    kind, _, k = ("all:conv_3x3" if spec == "conv3x3" else spec).partition(":")
+    if kind == "all" and k in graph.candidates:
+        cells = {label: tuple(GenoEdge(k, e.src, e.dst) for e in graph.edges) for label in labels}
+        return Genotype.from_cells(space.name, cells, {"source": f"hand-made: every edge {k}"})
     if kind != "random" or not k.isdigit():
         raise ValueError(f"unknown fixed genotype {spec!r}")
     rule = DERIVE_RULES.get(space.default_rule)()
@@ -167,7 +170,8 @@ def stage_config(arm: Arm, budget: Budget, stage: str, seed: int, data: Path, de
         sets += [f"search.strategy={arm.strategy}", f"search.epochs={budget.search_epochs * groups}",
                  f"search.hypergradient={arm.hypergradient or budget.hypergradient}",
                  f"search.arch_optimizer.lr={budget.arch_lr}", f"task_options.nrm_every={budget.nrm_every}"]
-    return from_dict(RunConfig, apply_overrides(read_yaml(BASE_CONFIG), sets))
+        sets += [f"search.{k}={json.dumps(v)}" for k, v in arm.search.items()]
+    return from_dict(RunConfig, apply_overrides(read_yaml(arm.config), sets))
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -281,6 +285,25 @@ def evaluate_model(run_dir: Path, data: Path, repeats: int) -> dict[str, Any]:
 Log = Callable[[str], None]
 
 
+def say(line: str) -> None:
+    """Progress, on stderr (the table goes to stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def open_work(work: Path | None, default: str, budget_name: str, budget: Any) -> Path:
+    """The work folder (``runs/<default>`` unless given), created, with the budget it runs written in it."""
+    work = (work or Path("runs") / default).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "budget.json").write_text(json.dumps({"budget": budget_name, **asdict(budget)}, indent=1) + "\n")
+    logging.getLogger("nasflow").setLevel(logging.WARNING)
+    return work
+
+
+def missing_folders(data: Path) -> list[str]:
+    """The folders of ``data`` the benchmark reads (training, paired dev sets, real photos) that are absent."""
+    return [f for f in (*PAIRED_SETS, *REAL_SETS, *TRAIN_FOLDERS) if not (data / f).is_dir()]
+
+
 def _finished(folder: Path, marker: str) -> bool:
     return (folder / marker).is_file()
 
@@ -331,9 +354,15 @@ def run_train(arm: Arm, budget: Budget, seed: int, data: Path, device: str, fold
     return seconds
 
 
+Evaluate = Callable[[Path, Path, int], dict[str, Any]]
+"""``(trained run folder, data folder, speed repeats) -> figures`` of one trained run."""
+
+
 def run_arm_seed(arm: Arm, budget: Budget, seed: int, data: Path, device: str, work: Path, held_out: set[str],
-                 say: Log) -> dict[str, Any]:
-    """Search (if the arm searches), train and evaluate one arm at one seed; cached in result.json."""
+                 say: Log, evaluate: Evaluate | None = None) -> dict[str, Any]:
+    """Search (if the arm searches), train and evaluate one arm at one seed; cached in result.json.
+
+    ``evaluate`` defaults to :func:`evaluate_model` (benchmarks/pareto.py passes its own)."""
     from nasflow.core.genotype import Genotype
 
     root = work / arm.name / f"seed{seed}"
@@ -352,7 +381,7 @@ def run_arm_seed(arm: Arm, budget: Budget, seed: int, data: Path, device: str, w
     train_seconds = run_train(arm, budget, seed, data, device, root / "train", genotype, held_out, say)
     splits.append(root / "train" / "splits.json")
     trained = check_splits(splits, held_out)
-    figures = evaluate_model(root / "train", data, budget.speed_repeats)
+    figures = (evaluate or evaluate_model)(root / "train", data, budget.speed_repeats)
     result = {"arm": arm.name, "seed": seed, "family": arm.family, "genotype": genotype.to_dict(),
               "search_seconds": search_seconds, "train_seconds": train_seconds, "training_images": trained,
               **figures}
@@ -374,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         budget = replace(budget, seeds=tuple(int(s) for s in args.seeds.split(",")))
     data = args.data.resolve()
-    missing = [f for f in (*PAIRED_SETS, *REAL_SETS, *TRAIN_FOLDERS) if not (data / f).is_dir()]
+    missing = missing_folders(data)
     if missing:
         print(f"skipped: {data} lacks {', '.join(missing)} (the benchmark needs ../shared/data)")
         return 0
@@ -385,14 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown arm(s) {unknown}; arms: {', '.join(a.name for a in arms)}")
         arms = [a for a in arms if a.name in wanted]
-    work = (args.work or Path("runs") / f"ablation-{args.budget}").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "budget.json").write_text(json.dumps({"budget": args.budget, **asdict(budget)}, indent=1) + "\n")
-    logging.getLogger("nasflow").setLevel(logging.WARNING)
-
-    def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
+    work = open_work(args.work, f"ablation-{args.budget}", args.budget, budget)
     held_out = {_digest(p) for p in evaluation_files(data)}
     started = time.perf_counter()
     results = []

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ if str(ROOT) not in sys.path:
 from nasflow.core.compile import compile_model  # noqa: E402
 from nasflow.core.cost import cell_sites, cells_cost, device_name, fit_base, table_price  # noqa: E402
 from nasflow.core.genotype import Genotype  # noqa: E402
-from nasflow.infer.profile import FastPathTimer, format_table, profile_space  # noqa: E402
+from nasflow.infer.profile import FastPathTimer, format_table, interleaved_ms, profile_space  # noqa: E402
 from nasflow.tasks.ruas.fast import fast_ruas  # noqa: E402
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype  # noqa: E402
 
@@ -84,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                           build=lambda m, o: fast_ruas(m, o, bands=0))
     x = torch.rand(1, 3, h, w)
     models = {name: compile_model(net, g).eval() for name, g in arms.items()}
-    rounds: dict[str, list[float]] = {name: [] for name in arms}
-    for _ in range(max(1, args.rounds)):
-        for name, model in models.items():
-            rounds[name].append(timer(model, x))
-    measured = {name: statistics.median(v) for name, v in rounds.items()}
+    measured = interleaved_ms(models, x, timer, args.rounds)
     base = fit_base(measured["all-skip_connect"], arms["all-skip_connect"], sites, price)
     print(f"RUAS fast path (fast_ruas, one piece), {h}x{w}, {args.threads} thread(s), {device_name('cpu')}, "
           f"torch {torch.__version__}; base (fitted on all-skip_connect) {base:.2f} ms")

@@ -34,11 +34,13 @@ class GroupConfig:
 
 @dataclass
 class CostConfig:
-    """A price on the architecture, added to every group's arch objective (see nasflow.search.cost)."""
+    """A price on the architecture, added to every group's arch objective (see nasflow.search.cost).
+
+    Random search adds the same term to each sample's score instead (it has no arch objective)."""
 
     metric: str = field(default="latency", metadata={"choices": ("latency", "flops", "params")})
     weight: float = field(default=0.0, metadata={"min": 0.0})  # penalty on the normalised expected cost (0: off); with target_ms: the multiplier's step
-    target_ms: float | None = field(default=None, metadata={"min": 0.0})  # latency: keep the cells' expected ms under this (Lagrange multiplier)
+    target_ms: float | None = field(default=None, metadata={"min": 0.0})  # latency: keep the cells' expected ms under this (Lagrange multiplier; not for random search)
     size: tuple[int, int] = (400, 600)  # reference image height, width at which ops are priced
     threads: int = field(default=1, metadata={"min": 1})  # latency: the table's intra-op thread count
     table: str | None = None  # latency: cost table file (None: $NASFLOW_COST_TABLE or ~/.cache/nasflow/op_costs.json)

@@ -4,6 +4,12 @@ Every step trains the shared weights under one uniformly sampled architecture pe
 end, ``eval_samples`` sampled architectures are scored on the architecture batches with the
 shared weights and the best one is written into the alphas (one-hot), so deriving the genotype
 returns it.
+
+With ``search.cost`` (a penalty, ``weight > 0``) a sample's score is its arch loss plus the same
+term the bilevel strategies add to their arch objective (:mod:`nasflow.search.cost`): ``weight *
+cost / cost_max``, where, with the alphas one-hot and the relaxation a hard argmax, the expected cost
+is exactly the sampled genotype's. A latency target (``target_ms``) is refused: its Lagrange
+multiplier rises by dual ascent over arch steps, and random search takes none.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from torch import nn
 
 from nasflow.search.bilevel import cosine_factor, strategy_options
 from nasflow.core.derive import onehot_alpha
+from nasflow.errors import ConfigError
+from nasflow.search.cost import build_cost
 from nasflow.search.distributed import average_
 from nasflow.core.genotype import GenoEdge
 from nasflow.core.mixed import HardArgmax
@@ -54,6 +62,11 @@ class RandomStrategy(Strategy):
         # (nasflow.search.distributed); does nothing in a single-process run.
         self.sync = average_
         set_relaxation(model, HardArgmax())
+        if config.cost.weight > 0 and config.cost.target_ms is not None:
+            raise ConfigError("search.cost.target_ms: random search takes no arch steps, so no Lagrange multiplier "
+                              "can rise; use search.cost.weight alone (a penalty on each sample's normalised cost)")
+        self.cost = build_cost(model, config.cost)  # None when search.cost.weight is 0
+        self.cost_terms: list[float] = []  # the cost part of each score (0 without search.cost)
 
     def sample(self) -> dict[str, tuple[GenoEdge, ...]]:
         return {label: rule.sample(self.arch.graph(label), self.rng) for label, rule in self.rules.items()}
@@ -91,11 +104,16 @@ class RandomStrategy(Strategy):
         _, arch_batches = self.task.search_batches(epoch)  # this epoch's: batches are a pure function of it
         batches = list(arch_batches)
         best: tuple[float, dict[str, tuple[GenoEdge, ...]]] | None = None
-        self.scores = []
+        self.scores, self.cost_terms = [], []
         for _ in range(self.options.eval_samples):
             cells = self.sample()
             self.use(cells)
             score = sum(float(self.task.arch_loss(self.model, b)["loss"]) for b in batches) / max(1, len(batches))
+            cost = 0.0
+            if self.cost is not None:  # the sampled genotype's own cost: the alphas are one-hot, argmax relaxed
+                cost = float(self.cost.penalty("random", self.arch.labels)[0])
+            self.cost_terms.append(cost)
+            score += cost
             self.scores.append(score)
             if best is None or score < best[0]:
                 best = (score, cells)

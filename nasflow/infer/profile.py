@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -70,6 +70,17 @@ class FastPathTimer:
         fast = self.build(module, FastOptions(threads=self.threads))
         x = x.contiguous(memory_format=CL)
         return median_ms(lambda: fast(x), self.repeats, self.warmup)
+
+
+def interleaved_ms(models: Mapping[str, nn.Module], x: torch.Tensor, timer: Timer, rounds: int = 3) -> dict[str, float]:
+    """Each model's median over ``rounds`` rounds of ``timer(model, x)``, the models interleaved in every
+    round: a burst of load from another process on a shared machine lands on all of them alike
+    instead of on whichever model ran during it."""
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(max(1, rounds)):
+        for name, model in models.items():
+            runs[name].append(timer(model, x))
+    return {name: statistics.median(v) for name, v in runs.items()}
 
 
 class _FanIn(nn.Module):

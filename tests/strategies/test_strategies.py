@@ -182,3 +182,45 @@ def test_unknown_group_override_and_bad_options_are_config_errors() -> None:
         make("gdas", strategy_options={"tau_mx": 1.0})
     with pytest.raises(Exception, match="unknown hypergradient"):
         make("darts", hypergradient="second_order")
+
+
+def _params_penalty(model, genotype: Genotype, weight: float) -> float:
+    """``weight * params(genotype) / params(every edge on its priciest op)``, priced apart from the strategy."""
+    from nasflow.core.cost import CostTable, cell_sites, cells_cost, op_prices, table_price
+
+    price = table_price(CostTable(), "distill", "params", 400, 600, "cpu/-", 1)
+    sites = cell_sites(model)
+    graph = model.arch.graph("a")
+    most = sum(max(op_prices(price, graph.candidates, s.channels).values()) * len(graph.edges) for s in sites)
+    return weight * cells_cost(genotype, sites, price) / most
+
+
+def test_random_search_scores_the_cost_of_each_sample() -> None:
+    plain, _, task = make("random", strategy_options={"eval_samples": 6})
+    priced, model, _ = make("random", strategy_options={"eval_samples": 6},
+                            cost={"metric": "params", "weight": 0.5})
+    for s in (plain, priced):
+        wb, ab = task.search_batches(0)
+        s.step(wb[0], ab[0])
+        s.after_epoch(1)
+    assert plain.cost_terms == [0.0] * 6 and all(c > 0 for c in priced.cost_terms)
+    # same weights, same samples: the cost term is all that differs
+    assert [a - c for a, c in zip(priced.scores, priced.cost_terms)] == pytest.approx(plain.scores, rel=1e-6)
+    best = min(range(6), key=priced.scores.__getitem__)
+    assert priced.cost_terms[best] == pytest.approx(_params_penalty(model, model.derive(), 0.5), rel=1e-6)
+
+
+def test_random_search_with_a_heavy_cost_keeps_the_cheapest_sample() -> None:
+    s, model, task = make("random", strategy_options={"eval_samples": 8}, cost={"metric": "params", "weight": 1e4})
+    wb, ab = task.search_batches(0)
+    s.step(wb[0], ab[0])
+    s.after_epoch(1)
+    assert len(set(s.cost_terms)) > 1  # the samples differ in cost, so the choice is a real one
+    assert _params_penalty(model, model.derive(), 1e4) == pytest.approx(min(s.cost_terms), rel=1e-6)
+
+
+def test_random_search_refuses_a_latency_target() -> None:
+    from nasflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="random search takes no arch steps"):
+        make("random", cost={"metric": "latency", "weight": 0.1, "target_ms": 5.0})
