@@ -338,7 +338,9 @@ def test_cost_model_prefers_packing_only_where_output_lanes_are_idle() -> None:
     assert fastpath.pack_choices(3, 3, 1, 1) == ()  # 1x1: nothing to gain
     assert fastpath.pack_choices(lanes, lanes, 3, 1) == ()  # a full register of outputs already
     best = fastpath.pack_choices(3, 3, 3, 1)
-    assert best and fastpath.conv_cost(3, 3, 3, 1, best[0]) < 0.6 * fastpath.conv_cost(3, 3, 3, 1)
+    # 3 outputs leave 13 of 16 lanes idle on AVX-512 (packing wins > 40 %), 5 of 8 on AVX2 (> 30 %)
+    bound = 0.6 if lanes >= 16 else 0.7
+    assert best and fastpath.conv_cost(3, 3, 3, 1, best[0]) < bound * fastpath.conv_cost(3, 3, 3, 1)
     assert all(fastpath.conv_cost(3, 3, 3, 1, p) < 0.9 * fastpath.conv_cost(3, 3, 3, 1) for p in best)
 
 

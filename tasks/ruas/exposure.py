@@ -55,10 +55,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-# Pixels read for the highlight quantile: larger images are subsampled on a regular grid, so that a
-# 24-megapixel photo costs what a 1-megapixel one does and the quantile stays within torch's limits.
-QUANTILE_PIXELS = 1 << 20
+# The highlight quantile is read on a fixed grid of this many points a side (nearest-neighbour samples of
+# the image, about every pixel of a 600x400 photo): a 24-megapixel photo costs what a small one does, and
+# the computation has no size-dependent Python arithmetic, so it traces (TorchScript, ONNX) for any size.
+QUANTILE_GRID = 512
 METERINGS = ("mean", "reinhard")
 LOG_DELTA = 0.5 / 255 / 12.92  # half an 8-bit level, in linear light (Reinhard et al. 2002, eq. 1's delta)
 REC709 = (0.2126, 0.7152, 0.0722)  # linear luminance weights of sRGB primaries (ITU-R BT.709)
@@ -126,11 +128,10 @@ class ExposurePolicy:
 def highlight(y: torch.Tensor, quantile: float) -> torch.Tensor:
     """Per image, the ``quantile`` of the per-pixel channel maximum (shape ``[N, 1, 1, 1]``), floored
     at one 8-bit level (a black image has no highlights to protect)."""
-    peak = y.detach().amax(dim=1).flatten(1)
-    step = max(1, peak.shape[1] // QUANTILE_PIXELS)
-    peak = peak[:, ::step].float()
-    k = min(peak.shape[1], max(1, int(round(quantile * peak.shape[1]))))
-    value = peak.kthvalue(k, dim=1).values.to(y.dtype)
+    peak = y.detach().amax(dim=1, keepdim=True).float()
+    grid = F.interpolate(peak, size=(QUANTILE_GRID, QUANTILE_GRID), mode="nearest").flatten(1)
+    k = min(grid.shape[1], max(1, round(quantile * QUANTILE_GRID * QUANTILE_GRID)))
+    value = grid.kthvalue(k, dim=1).values.to(y.dtype)
     return value.clamp_min(1.0 / 255).view(-1, 1, 1, 1)
 
 
