@@ -130,7 +130,7 @@ def highlight(y: torch.Tensor, quantile: float) -> torch.Tensor:
     at one 8-bit level (a black image has no highlights to protect)."""
     peak = y.detach().amax(dim=1, keepdim=True).float()
     grid = F.interpolate(peak, size=(QUANTILE_GRID, QUANTILE_GRID), mode="nearest").flatten(1)
-    k = min(grid.shape[1], max(1, round(quantile * QUANTILE_GRID * QUANTILE_GRID)))
+    k = max(1, round(quantile * QUANTILE_GRID * QUANTILE_GRID))  # a constant: the grid has a fixed size
     value = grid.kthvalue(k, dim=1).values.to(y.dtype)
     return value.clamp_min(1.0 / 255).view(-1, 1, 1, 1)
 
