@@ -90,9 +90,7 @@ class RUASOptions:
 def _exposed(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """The image the IEM's maps refer to (its losses are computed against it): ``y`` after the
     network's global exposure step, or ``y`` itself for networks without one (DDP unwrapped)."""
-    inner = getattr(model, "module", model)
-    expose = getattr(inner, "expose", None)
-    return expose(y) if callable(expose) else y
+    return _exposed_like(model, y, y)
 
 
 def _exposed_like(model: nn.Module, y: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
