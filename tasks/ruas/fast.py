@@ -17,11 +17,14 @@ computed with:
   one-piece result. On idle cores bands are a little slower than two OpenMP threads, but when
   another process keeps the cores busy OpenMP's barriers stall while the bands degrade
   gracefully (figures: ``benchmarks/README.md``). ``bands=0`` uses the
-  intra-op threads instead; ``bands=N`` forces N bands.
+  intra-op threads instead; ``bands=N`` forces N bands;
+* the noise-conditioned filter (``denoise="lee"``) after the last stage, its noise level read on the
+  whole image before the band split (or from a split copy's fourth input plane).
 """
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -34,6 +37,7 @@ from nasflow.core.cell import Cell
 from nasflow.infer.fastpath import (
     CL, FastOptions, FusedCell, cell_radius, fold_chain, inference_policy, op_radius, prepare, run_in_bands,
 )
+from nasflow.tasks.ruas.denoise import lee_filter_, noise_level, split_noise_level
 from nasflow.tasks.ruas.model import STEP, T_MIN, split_exposure
 
 
@@ -64,6 +68,9 @@ class FastRUAS(nn.Module):
         self.warm_start = bool(getattr(inner, "warm_start", True))
         self.t_min = float(getattr(inner, "t_min", T_MIN))
         self.exposure = getattr(inner, "exposure", None)  # the global exposure policy (None: off)
+        self.denoise = str(getattr(inner, "denoise", "none"))
+        self.denoise_radius = int(getattr(inner, "denoise_radius", 1))
+        self.level_plane = bool(getattr(inner, "level_plane", False))
         if self.use_nrm:
             chain = [inner.nrm_stem, *inner.nrm_cells, inner.nrm_out]
             if options.fold_chains:
@@ -97,6 +104,8 @@ class FastRUAS(nn.Module):
             raise NotTileable("a cell of this network has an op of unknown extent")
         if self.exposure is not None:
             raise NotTileable("the global exposure step reads the whole image's mean: tiles would change the output")
+        if self.denoise != "none" and not self.level_plane:
+            raise NotTileable("the denoiser's noise level reads the whole image: tiles would change the output")
         return self.radius
 
     def split_global(self) -> "tuple[Any, FastRUAS] | None":
@@ -125,10 +134,13 @@ class FastRUAS(nn.Module):
             if r is None:
                 return None
             total += r
+        if self.denoise != "none":
+            total += self.denoise_radius
         return total
 
-    def _forward(self, y: torch.Tensor) -> torch.Tensor:
+    def _forward(self, y: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         u = y
+        last = len(self.iem_cells) - 1
         for k, cell in enumerate(self.iem_cells):
             if k == 0 and not self.warm_start:
                 x = y.clone()
@@ -138,27 +150,36 @@ class FastRUAS(nn.Module):
                 x.sub_(u - y, alpha=STEP)  # maxfilter(u) - STEP * (u - y): STEP * d is exact
             t = cell(x)
             t = torch.sigmoid_(t).clamp_(self.t_min, 1.0)
-            u = torch.div(y, t, out=t).clamp_(0.0, 1.0)
-        if not self.use_nrm:
+            keep = sigma is not None and k == last  # the denoiser reads the last map
+            u = (torch.div(y, t) if keep else torch.div(y, t, out=t)).clamp_(0.0, 1.0)
+        if self.use_nrm:
+            feat = u
+            for m in self.nrm:
+                feat = m(feat)
+            u = torch.sub(u, feat, out=feat)
+        if sigma is None:
             return u
-        feat = u
-        for m in self.nrm:
-            feat = m(feat)
-        return torch.sub(u, feat, out=feat)
+        return lee_filter_(u, sigma, t, self.denoise_radius)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         with inference_policy(self.options):
             if self.exposure is not None:
                 y = self.exposure(y)  # on the whole image, before any band split
+            sigma = None
+            if self.denoise != "none":
+                y, level = split_noise_level(y)
+                # a split copy's input carries the level as a constant plane; else read on the whole image
+                sigma = noise_level(y) if level is None else level[..., :1, :1]
             if self.options.channels_last and y.dim() == 4:
                 y = y.contiguous(memory_format=CL)
             n = self.band_count(y.shape[-2], y.device)
+            run = self._run if sigma is None else functools.partial(self._run, sigma=sigma)
             if n > 1:
                 if n not in self._pools:
                     self._pools[n] = ThreadPoolExecutor(n, thread_name_prefix="ruas-band")
-                out = run_in_bands(self._run, y, self.radius, n, self._pools[n])
+                out = run_in_bands(run, y, self.radius, n, self._pools[n])
             else:
-                out = self._run(y)
+                out = run(y)
             return out.contiguous() if self.options.contiguous_outputs else out
 
     def train(self, mode: bool = True) -> "FastRUAS":

@@ -15,6 +15,9 @@ engine only sees supercells with the labels ``iem`` and ``nrm``.
 * NRM (noise removal module), label ``nrm``: a 3x3 conv 3 -> C (the stem), ``nrm_cells`` distill
   supercells on C channels applied in sequence, a 3x3 conv C -> 3 predicting the noise ``n``;
   the output is ``u - n`` (left unclamped; evaluation clamps).
+* nasflow's noise-conditioned filter (``denoise="lee"``, :mod:`nasflow.tasks.ruas.denoise`): Lee's
+  local-statistics filter of the output at the noise variance ``(sigma / t_K)^2`` the lift gave the
+  input's noise ``sigma``; no parameters.
 
 Supercells sit directly in module lists, so :func:`nasflow.core.compile.compile_model` replaces them
 in place and the compiled network runs through the same :meth:`RUASNet.forward`.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
@@ -34,7 +38,9 @@ from nasflow.core.genotype import GenoEdge, Genotype
 from nasflow.core.space import CellSpace
 from nasflow.spaces.distill_cell import DistillCellSpace
 from nasflow.core.supernet import Supernet, tag
-from nasflow.tasks.ruas.exposure import ExposurePolicy, ExposureStep
+from nasflow.tasks.ruas.denoise import (DENOISERS, lee_filter, lifted_noise_var, noise_level, split_noise_level,
+                                        with_noise_level)
+from nasflow.tasks.ruas.exposure import ExposurePolicy
 
 T_MIN = 0.001  # lower clamp of the illumination map (as released)
 STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as released)
@@ -49,16 +55,39 @@ def exposure_policy(key: float, headroom_ev: float | None = None, highlight_quan
                           metering=metering)
 
 
+@dataclass(frozen=True)
+class WholeImageStep:
+    """The whole-image first step of a RUAS network, split off for tiled inference
+    (:func:`nasflow.infer.tiling.split_global`): the global exposure, which takes the user's exposure
+    bias, then (for a denoising network) the noise level, appended as a fourth plane."""
+
+    policy: ExposurePolicy | None
+    noise_plane: bool = False
+
+    @property
+    def accepts_exposure_bias(self) -> bool:
+        return self.policy is not None
+
+    def __call__(self, y: torch.Tensor, exposure_bias: float = 0.0) -> torch.Tensor:
+        if self.policy is not None:
+            y = self.policy(y, exposure_bias)
+        elif exposure_bias:
+            raise ValueError("this network has no exposure step to bias")
+        return with_noise_level(y, noise_level(y)) if self.noise_plane else y
+
+
 def split_exposure(network: nn.Module) -> "tuple[Callable[..., torch.Tensor], nn.Module] | None":
-    """``(the global exposure step, a copy of network without it)`` for a network with an ``exposure``
-    policy (RUASNet, FastRUAS); None when the step is off. The copy shares every weight (a shallow
-    copy: only the policy differs; FastRUAS rebuilds its runtime in ``__setstate__``). The step takes
-    the user's exposure bias (:class:`~nasflow.tasks.ruas.exposure.ExposureStep`)."""
-    if network.exposure is None:
+    """``(the whole-image step, a copy of network without it)`` for a network (RUASNet, FastRUAS) with an
+    ``exposure`` policy or the noise-conditioned filter, whose noise level reads the whole image; None
+    when it has neither. The copy shares every weight (a shallow copy: it has no policy and reads the
+    noise level from its input's fourth plane; FastRUAS rebuilds its runtime in ``__setstate__``)."""
+    denoising = getattr(network, "denoise", "none") != "none"
+    if network.exposure is None and not denoising:
         return None
     local = copy.copy(network)
     local.exposure = None
-    return ExposureStep(network.exposure), local
+    local.level_plane = denoising
+    return WholeImageStep(network.exposure, denoising), local
 
 
 def max_filter2x2(x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +115,7 @@ class RUASOutput(NamedTuple):
     t: torch.Tensor
     ts: list[torch.Tensor]
     n: torch.Tensor
-    out: torch.Tensor
+    out: torch.Tensor  # u - n, then the noise-conditioned filter (denoise="lee")
 
 
 class RUASNet(Supernet):
@@ -99,6 +128,7 @@ class RUASNet(Supernet):
     """
 
     t_min: float = T_MIN
+    level_plane: bool = False  # True: the noise level comes as the input's fourth plane (a split copy)
 
     def __init__(
         self,
@@ -113,8 +143,14 @@ class RUASNet(Supernet):
         exposure_headroom_ev: float | None = None,
         exposure_highlight: float = 0.99,
         exposure_metering: str = "mean",
+        denoise: str = "none",
+        denoise_radius: int = 1,
     ) -> None:
         super().__init__()
+        if denoise not in DENOISERS:
+            raise ValueError(f"denoise must be one of {', '.join(DENOISERS)}, got {denoise!r}")
+        if denoise_radius < 1:
+            raise ValueError(f"denoise_radius must be at least 1, got {denoise_radius}")
         if not 0.0 <= exposure_key <= 1.0:
             raise ValueError(f"exposure_key must be in [0, 1] (0: off), got {exposure_key}")
         if iem_stages < 1:
@@ -129,6 +165,8 @@ class RUASNet(Supernet):
                              f"{len(self.space.graph().inputs)}")
         self.use_nrm = use_nrm
         self.warm_start = warm_start
+        self.denoise = denoise
+        self.denoise_radius = denoise_radius
         self.exposure = exposure_policy(float(exposure_key), exposure_headroom_ev, exposure_highlight, self.t_min,
                                         exposure_metering)
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
@@ -146,11 +184,14 @@ class RUASNet(Supernet):
 
         if self.exposure is not None:
             raise NotTileable("the global exposure step reads the whole image's mean: tiles would change the output")
+        if self.denoise != "none" and not self.level_plane:
+            raise NotTileable("the denoiser's noise level reads the whole image: tiles would change the output")
         iem = sum(receptive_halo(cell) + 1 for cell in self.iem_cells) - (0 if self.warm_start else 1)
+        post = self.denoise_radius if self.denoise != "none" else 0
         if not self.use_nrm:
-            return iem
+            return iem + post
         nrm = receptive_halo(self.nrm_stem) + sum(receptive_halo(c) for c in self.nrm_cells)
-        return iem + nrm + receptive_halo(self.nrm_out)
+        return iem + nrm + receptive_halo(self.nrm_out) + post
 
     def expose(self, y: torch.Tensor) -> torch.Tensor:
         """The global exposure step (:mod:`nasflow.tasks.ruas.exposure`; off at ``exposure_key = 0``):
@@ -160,14 +201,17 @@ class RUASNet(Supernet):
         return y if self.exposure is None else self.exposure(y)
 
     def split_global(self) -> "tuple[Callable[..., torch.Tensor], RUASNet] | None":
-        """``(expose, the rest)`` for tiled inference (:func:`nasflow.infer.tiling.split_global`): the global
-        exposure reads the whole image once; the network after it is local. None without the step."""
+        """``(the whole-image step, the rest)`` for tiled inference (:func:`nasflow.infer.tiling.split_global`):
+        the global exposure and the noise level read the whole image once; the network after them is
+        local. None without either."""
         return split_exposure(self)
 
     def illumination(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The IEM: ``(u_K, [t_1, ..., t_K])``, the maps relative to :meth:`expose`'s image."""
+        return self._unroll(self.expose(y))
+
+    def _unroll(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         ts: list[torch.Tensor] = []
-        y = self.expose(y)
         u = y
         for k, cell in enumerate(self.iem_cells):
             if k == 0:
@@ -189,9 +233,15 @@ class RUASNet(Supernet):
         return self.nrm_out(feat)
 
     def forward(self, y: torch.Tensor) -> RUASOutput:
-        u, ts = self.illumination(y)
+        y, level = split_noise_level(y)
+        y = self.expose(y)
+        u, ts = self._unroll(y)
         n = self.noise(u)
-        return RUASOutput(u=u, t=ts[-1], ts=ts, n=n, out=u - n)
+        out = u - n
+        if self.denoise == "lee":
+            sigma = noise_level(y) if level is None else level
+            out = lee_filter(out, lifted_noise_var(sigma, ts[-1]), self.denoise_radius)
+        return RUASOutput(u=u, t=ts[-1], ts=ts, n=n, out=out)
 
 
 # --- the genotypes of the paper -------------------------------------------------------------------

@@ -73,6 +73,10 @@ class RUASOptions:
     exposure_metering: str = field(default="mean", metadata={"choices": ("mean", "reinhard")})
     # the IEM's exposure target lifts a region by at most this many stops (None: no cap); see losses.exposure_target
     exposure_max_lift_ev: float | None = field(default=None, metadata={"min": 0.0})
+    # after the network: Lee's local-statistics filter at the noise the lift gave the input's noise ("lee"; no
+    # parameters, nasflow.tasks.ruas.denoise) or nothing ("none", released); its window is (2 radius + 1)^2
+    denoise: str = field(default="none", metadata={"choices": ("none", "lee")})
+    denoise_radius: int = field(default=1, metadata={"min": 1})
     fidelity_stages: str = field(default="last", metadata={"choices": ("last", "all")})  # released: last
     nrm_channels: int = field(default=6, metadata={"min": 1})
     # training the compiled network: both modules at once, or the IEM first and then the NRM on its output
@@ -218,7 +222,7 @@ class RUASTask(Task):
         return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm,
                        warm_start=o.warm_start, exposure_key=o.exposure_key,
                        exposure_headroom_ev=o.exposure_headroom_ev, exposure_highlight=o.exposure_highlight,
-                       exposure_metering=o.exposure_metering)
+                       exposure_metering=o.exposure_metering, denoise=o.denoise, denoise_radius=o.denoise_radius)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""
