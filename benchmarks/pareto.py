@@ -19,7 +19,8 @@ search is not just "a cheaper cell is fine".
 The cost model (:mod:`nasflow.core.cost`) is measured once per work folder: the op table of the
 distill space at the IEM's channel count at the budget's image size, 1 thread
 (``cost_table.json``, also the search's ``search.cost.table``), and the network's base term fitted
-on the all-``skip_connect`` network (``cost_base.json``). Figures per run: dev PSNR / SSIM /
+on the paper genotype's network, the comparison every arm is read against (``cost_base.json``; see
+``benchmarks/cost_model.py`` for why not the all-``skip_connect`` one). Figures per run: dev PSNR / SSIM /
 GT-mean PSNR on ``lol``, ``mit``, ``fivek_normal`` (``benchmarks/quality.py``'s scoring), their
 mean over the sets, parameters and FLOPs at the budget's size, the predicted ms, and the measured
 fast-path ms (``fast_ruas``, one piece, 1 thread, the median of repeats; every run of the work
@@ -48,7 +49,9 @@ import ablation  # noqa: E402
 from ablation import Arm, Budget  # noqa: E402
 
 RECIPE = HERE.parent / "tasks" / "ruas" / "models" / "ruas-auto.yaml"
-RECIPE_MODEL = {"use_nrm": False}  # the recipe's own setting, stated so fixed genotypes are IEM-only too
+# the recipe's own IEM-only setting, stated so fixed genotypes are IEM-only too; without the recipe's parameter-free
+# noise filter, the same for every arm, so that times and figures differ by the cells alone
+RECIPE_MODEL = {"use_nrm": False, "denoise": "none"}
 THREADS = 1  # the cost table's and the timing's intra-op threads
 
 
@@ -156,12 +159,12 @@ def prepare_cost(work: Path, b: ParetoBudget, data: Path, say: ablation.Log) -> 
     price = table_price(table, space.name, "latency", h, w, device_name("cpu"), THREADS)
     where = {"size": [h, w], "threads": THREADS, "device": device_name("cpu")}
     if not base_path.is_file() or json.loads(base_path.read_text()).get("where") != where:
-        reference = ablation.fixed_genotype("all:skip_connect", False)
+        reference = ablation.fixed_genotype("paper", False)  # the control every searched arm is compared with
         x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0))
         measured = interleaved_ms({"ref": compile_model(net, reference).eval()}, x, fast_timer(b.run.speed_repeats),
                                   b.rounds)["ref"]
         base = fit_base(measured, reference, sites, price)
-        base_path.write_text(json.dumps({"base_ms": base, "reference": "all skip_connect", "measured_ms": measured,
+        base_path.write_text(json.dumps({"base_ms": base, "reference": "paper", "measured_ms": measured,
                                          "where": where}) + "\n", encoding="utf-8")
     return CostModel(float(json.loads(base_path.read_text())["base_ms"]), price, sites)
 
