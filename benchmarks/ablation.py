@@ -24,11 +24,12 @@ against the bytes of every evaluation image. The loss and exposure recipe is the
 model's (``tasks/ruas/models/ruas-auto.yaml``: global exposure step, capped exposure target), with the
 NRM on. Evaluation: the paired dev sets ``lol``, ``mit``, ``fivek_normal`` (``benchmarks/quality.py``'s
 scoring: PSNR on rounded 8-bit RGB, scikit-image SSIM, GT-mean PSNR; the per-image figures kept, for
-bootstrap intervals over images) and no-reference figures on ``real/LIME`` and ``real/MEF``. Work goes to ``--work`` (default ``runs/ablation-<budget>``), one
-folder per arm, seed and stage; a killed benchmark continues where it stopped (a finished stage is
-never redone, an interrupted search resumes from its checkpoint; a work folder holding runs of
-another base configuration is refused: ``recipe.json``). Outputs in the work folder:
-``table.md`` (printed too), ``results.csv``, ``results.json``, ``psnr_vs_params.svg``.
+bootstrap intervals over images) and no-reference figures on ``real/LIME`` and ``real/MEF``.
+Work goes to ``--work`` (default ``runs/ablation-<budget>``), one folder per arm, seed and stage;
+a killed benchmark continues where it stopped (a finished stage is never redone, an interrupted
+search resumes from its checkpoint; a work folder holding runs of another base configuration is
+refused: ``recipe.json``). Outputs in the work folder: ``table.md`` (printed too), ``results.csv``,
+``results.json``, ``psnr_vs_params.svg``.
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ def open_work(work: Path | None, default: str, budget_name: str, budget: Any) ->
 
 
 def recipe_digest(config: Path = BASE_CONFIG) -> str:
-    """sha256 of the resolved base configuration (its ``base:`` files merged in): the recipe a work folder's runs used."""
+    """sha256 of the resolved base configuration (``base:`` files merged in): the recipe of a work folder's runs."""
     from nasflow.config import read_yaml
 
     return hashlib.sha256(json.dumps(read_yaml(config), sort_keys=True).encode("utf-8")).hexdigest()
