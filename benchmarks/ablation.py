@@ -20,12 +20,16 @@ Arms, each trained with the same budget, data and seeds (``--seeds``):
 
 Search and training read only the reference-free folders (``sice_dark``, ``sice_mid``,
 ``lol/eval15_low``; ``benchmarks/ablation.yaml``); every run's ``splits.json`` is checked
-against the bytes of every evaluation image. Evaluation: the paired dev sets ``lol``, ``mit``,
-``fivek_normal`` (PSNR on rounded 8-bit RGB, scikit-image SSIM) and no-reference figures on
-``real/LIME`` and ``real/MEF``. Work goes to ``--work`` (default ``runs/ablation-<budget>``), one
-folder per arm, seed and stage; a killed benchmark continues where it stopped (a finished stage is
-never redone, an interrupted search resumes from its checkpoint). Outputs in the work folder:
-``table.md`` (printed too), ``results.csv``, ``results.json``, ``psnr_vs_params.svg``.
+against the bytes of every evaluation image. The loss and exposure recipe is the shipped default
+model's (``tasks/ruas/models/ruas-auto.yaml``: global exposure step, capped exposure target), with the
+NRM on. Evaluation: the paired dev sets ``lol``, ``mit``, ``fivek_normal`` (``benchmarks/quality.py``'s
+scoring: PSNR on rounded 8-bit RGB, scikit-image SSIM, GT-mean PSNR; the per-image figures kept, for
+bootstrap intervals over images) and no-reference figures on ``real/LIME`` and ``real/MEF``.
+Work goes to ``--work`` (default ``runs/ablation-<budget>``), one folder per arm, seed and stage;
+a killed benchmark continues where it stopped (a finished stage is never redone, an interrupted
+search resumes from its checkpoint; a work folder holding runs of another base configuration is
+refused: ``recipe.json``). Outputs in the work folder: ``table.md`` (printed too), ``results.csv``,
+``results.json``, ``psnr_vs_params.svg``.
 """
 
 from __future__ import annotations
@@ -240,7 +244,10 @@ def noise_sigma(rgb8: np.ndarray) -> float:
 
 
 def evaluate_model(run_dir: Path, data: Path, repeats: int) -> dict[str, Any]:
-    """Dev-pair, no-reference, size and speed figures of one trained run, through the fast path."""
+    """Dev-pair, no-reference, size and speed figures of one trained run, through the fast path.
+
+    Dev pairs: mean PSNR, SSIM and GT-mean PSNR per set (``benchmarks/quality.py``'s scoring) and the
+    per-image PSNR and GT-mean PSNR lists, which the report resamples for its intervals over images."""
     import torch
 
     from nasflow.core.flops import count_flops
@@ -248,13 +255,19 @@ def evaluate_model(run_dir: Path, data: Path, repeats: int) -> dict[str, Any]:
     from nasflow.infer.inference import load_model
     from nasflow.tasks.ruas.data import list_images
     from nasflow.tasks.ruas.metrics import entropy, lightness_order_error, mean_brightness
-    from quality import score
+    from quality import read_pairs, score_pairs
 
     enhancer = load_model(run_dir, device="cpu")
     out: dict[str, Any] = {}
     for s in PAIRED_SETS:
-        psnr, ssim, n = score(enhancer, data / s)
-        out[f"{s}/psnr"], out[f"{s}/ssim"], out[f"{s}/n"] = psnr, ssim, n
+        scores = score_pairs(enhancer.enhance_rgb, read_pairs(data / s))  # as pareto.py's make_evaluate
+        for name in ("psnr", "ssim", "gt_mean_psnr"):
+            out[f"{s}/{name}"] = float(np.mean([getattr(x, name) for x in scores]))
+        out[f"{s}/n"] = len(scores)
+        # per image (the report bootstraps over images): names, so seeds are matched image by image
+        out[f"{s}/images"] = [x.name for x in scores]
+        out[f"{s}/psnr_per_image"] = [x.psnr for x in scores]
+        out[f"{s}/gt_mean_psnr_per_image"] = [x.gt_mean_psnr for x in scores]
     for s in REAL_SETS:
         rows = []
         for path in list_images(data / s):
@@ -297,6 +310,31 @@ def open_work(work: Path | None, default: str, budget_name: str, budget: Any) ->
     (work / "budget.json").write_text(json.dumps({"budget": budget_name, **asdict(budget)}, indent=1) + "\n")
     logging.getLogger("nasflow").setLevel(logging.WARNING)
     return work
+
+
+def recipe_digest(config: Path = BASE_CONFIG) -> str:
+    """sha256 of the resolved base configuration (``base:`` files merged in): the recipe of a work folder's runs."""
+    from nasflow.config import read_yaml
+
+    return hashlib.sha256(json.dumps(read_yaml(config), sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def check_recipe(work: Path, config: Path = BASE_CONFIG) -> None:
+    """Refuses a work folder whose finished runs were trained under another base configuration (a resumed
+    benchmark reuses every ``result.json``, so old-recipe runs would be mixed silently into the tables);
+    records the recipe of a new one in ``recipe.json``."""
+    path = work / "recipe.json"
+    digest = recipe_digest(config)
+    if path.is_file():
+        stored: str | None = json.loads(path.read_text(encoding="utf-8")).get("sha256")
+    elif any(work.glob("*/seed*/result.json")):
+        stored = None  # runs from before recipe.json: their recipe is unknown
+    else:
+        path.write_text(json.dumps({"config": config.name, "sha256": digest}) + "\n", encoding="utf-8")
+        return
+    if stored != digest:
+        raise SystemExit(f"error: {work} holds runs of another base configuration than {config} "
+                         f"({'unknown' if stored is None else stored[:12]} vs {digest[:12]}); give a fresh --work")
 
 
 def missing_folders(data: Path) -> list[str]:
@@ -415,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown arm(s) {unknown}; arms: {', '.join(a.name for a in arms)}")
         arms = [a for a in arms if a.name in wanted]
     work = open_work(args.work, f"ablation-{args.budget}", args.budget, budget)
+    check_recipe(work)
     held_out = {_digest(p) for p in evaluation_files(data)}
     started = time.perf_counter()
     results = []
@@ -423,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run_arm_seed(arm, budget, seed, data, args.device, work, held_out, say)
         results.append(result)
-        say(f"[{i}/{len(todo)}] {arm.name} seed {seed}: lol {result['lol/psnr']:.2f}, mit {result['mit/psnr']:.2f}, "
-            f"fivek_normal {result['fivek_normal/psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s; "
-            f"{time.perf_counter() - started:.0f} s in all)")
+        say(f"[{i}/{len(todo)}] {arm.name} seed {seed}: PSNR / GT-mean PSNR "
+            + ", ".join(f"{s} {result[f'{s}/psnr']:.2f} / {result[f'{s}/gt_mean_psnr']:.2f}" for s in PAIRED_SETS)
+            + f" dB ({time.perf_counter() - t0:.0f} s; {time.perf_counter() - started:.0f} s in all)")
 
     from ablation_report import write_report
 

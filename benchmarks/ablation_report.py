@@ -2,7 +2,11 @@
 
 A difference between two arms "exceeds the seed spread" when the means differ by more than the
 sum of their standard deviations over seeds (their mean +- std intervals do not overlap); anything
-less is reported as covered by the spread. The rule is stated in every table it decides.
+less is reported as covered by the spread. The rule is stated in every table it decides, and it is
+applied to the dev mean PSNR and to the dev mean GT-mean PSNR alike.
+
+Beside the seed spread, each dev figure carries a 95% percentile bootstrap interval over images
+(:func:`bootstrap_sets`): how much the figure depends on which images happen to be in the dev sets.
 """
 
 from __future__ import annotations
@@ -19,10 +23,53 @@ import numpy as np
 PAIRED = ("lol", "mit", "fivek_normal")
 REAL = ("LIME", "MEF")
 RULE = "a difference exceeds the seed spread when |mean difference| > std(arm) + std(reference)"
+METRICS = (("psnr", "PSNR"), ("gt_mean_psnr", "GT-mean PSNR"))  # the dev figures with intervals over images
+RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+RESAMPLING = (f"95% percentile bootstrap interval over images in brackets: each image's value is its mean over "
+              f"the row's runs (seeds), images are resampled with replacement within each set ({RESAMPLES:,} "
+              f"resamples, seed {BOOTSTRAP_SEED}); the dev mean's interval resamples every set's images at once "
+              "and averages the three set means")
 
 
-def _dev(r: dict[str, Any]) -> float:
-    return float(np.mean([r[f"{s}/psnr"] for s in PAIRED]))
+def _dev(r: dict[str, Any], metric: str = "psnr") -> float:
+    return float(np.mean([r[f"{s}/{metric}"] for s in PAIRED]))
+
+
+def bootstrap_sets(sets: Sequence[Sequence[float]], resamples: int = RESAMPLES, level: float = 0.95,
+                   seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13) of the mean over ``sets`` of each
+    set's mean over its images: every resample draws each set's images with replacement, as many as the
+    set holds (a stratified bootstrap, so each set keeps its weight). One set: the plain percentile
+    bootstrap of its mean, as ``nasflow.tasks.ruas.metrics.bootstrap_interval``."""
+    values = [np.asarray(v, dtype=np.float64) for v in sets]
+    if not values or any(v.ndim != 1 or v.size == 0 or not np.isfinite(v).all() for v in values):
+        raise ValueError("bootstrap_sets needs one or more non-empty sequences of finite numbers")
+    rng = np.random.default_rng(seed)
+    means = np.zeros(resamples)
+    for v in values:
+        means += v[rng.integers(0, v.size, (resamples, v.size))].mean(axis=1)
+    low, high = np.quantile(means / len(values), [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(low), float(high)
+
+
+def per_image(rows: Sequence[dict[str, Any]], s: str, metric: str) -> np.ndarray | None:
+    """Each image of set ``s``: its ``metric`` averaged over ``rows`` (the seeds); None when a run kept no
+    per-image figures (results from before they were recorded)."""
+    if any(f"{s}/{metric}_per_image" not in r for r in rows):
+        return None
+    names = rows[0][f"{s}/images"]
+    if any(r[f"{s}/images"] != names for r in rows):
+        raise ValueError(f"the runs of one row scored different images of {s}")
+    return np.mean([r[f"{s}/{metric}_per_image"] for r in rows], axis=0)
+
+
+def _with_interval(values: Sequence[float], images: Sequence[np.ndarray | None]) -> str:
+    """``mean ± std [low, high]``: the seed spread, then the bootstrap interval over images."""
+    if any(v is None for v in images):
+        return _pm(values) + " [-]"
+    low, high = bootstrap_sets(images)  # type: ignore[arg-type]
+    return f"{_pm(values)} [{low:.2f}, {high:.2f}]"
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
@@ -56,13 +103,16 @@ def with_family_rows(grouped: dict[str, list[dict[str, Any]]], families: dict[st
 
 
 def quality_table(groups: dict[str, list[dict[str, Any]]]) -> str:
-    head = ["arm", "runs"] + [f"{s} {m}" for s in PAIRED for m in ("PSNR", "SSIM")] + ["dev mean PSNR",
-                                                                                        "best / worst seed"]
+    """PSNR and GT-mean PSNR per dev set and their dev mean: mean ± std over seeds [interval over images]."""
+    head = (["arm", "runs"] + [f"{s} {label}" for s in PAIRED for _, label in METRICS]
+            + [f"dev mean {label}" for _, label in METRICS] + ["best / worst seed (dev PSNR)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for name, rows in groups.items():
         cells = [name, str(len(rows))]
+        images = {(s, m): per_image(rows, s, m) for s in PAIRED for m, _ in METRICS}
         for s in PAIRED:
-            cells += [_pm([r[f"{s}/psnr"] for r in rows]), _pm([r[f"{s}/ssim"] for r in rows], 3)]
+            cells += [_with_interval([r[f"{s}/{m}"] for r in rows], [images[s, m]]) for m, _ in METRICS]
+        cells += [_with_interval([_dev(r, m) for r in rows], [images[s, m] for s in PAIRED]) for m, _ in METRICS]
         devs = [_dev(r) for r in rows]
         best, worst = int(np.argmax(devs)), int(np.argmin(devs))
 
@@ -70,7 +120,17 @@ def quality_table(groups: dict[str, list[dict[str, Any]]]) -> str:
             who = f"{rows[i]['arm']}, " if "(all)" in name else ""
             return f"{devs[i]:.2f} ({who}seed {rows[i]['seed']})"
 
-        cells += [_pm(devs), f"{tag(best)} / {tag(worst)}"]
+        cells.append(f"{tag(best)} / {tag(worst)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ssim_table(groups: dict[str, list[dict[str, Any]]]) -> str:
+    head = ["arm"] + [f"{s} SSIM" for s in PAIRED] + ["dev mean SSIM"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for name, rows in groups.items():
+        cells = [name] + [_pm([r[f"{s}/ssim"] for r in rows], 3) for s in PAIRED] + [
+            _pm([_dev(r, "ssim") for r in rows], 3)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -114,17 +174,19 @@ def reading_table(groups: dict[str, list[dict[str, Any]]], reference: str) -> st
     if reference not in groups:
         return f"(no '{reference}' rows to compare with)"
     ref = groups[reference]
-    head = ["arm", *[f"Δ {s}" for s in PAIRED], "Δ dev mean", "reading (dev mean)"]
+    head = ["arm", *[f"Δ {s} PSNR / GT-mean" for s in PAIRED]]
+    head += [cell for _, label in METRICS for cell in (f"Δ dev mean {label}", f"reading (dev mean {label})")]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for name, rows in groups.items():
         if name == reference:
             continue
         cells = [name]
         for s in PAIRED:
-            diff, _ = verdict([r[f"{s}/psnr"] for r in rows], [r[f"{s}/psnr"] for r in ref])
-            cells.append(f"{diff:+.2f}")
-        diff, word = verdict([_dev(r) for r in rows], [_dev(r) for r in ref])
-        cells += [f"{diff:+.2f}", word]
+            diffs = [verdict([r[f"{s}/{m}"] for r in rows], [r[f"{s}/{m}"] for r in ref])[0] for m, _ in METRICS]
+            cells.append(" / ".join(f"{d:+.2f}" for d in diffs))
+        for m, _ in METRICS:
+            diff, word = verdict([_dev(r, m) for r in rows], [_dev(r, m) for r in ref])
+            cells += [f"{diff:+.2f}", word]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -219,8 +281,11 @@ def write_report(results: list[dict[str, Any]], arms: list[Any], budget: Any, bu
     text = "\n\n".join([
         f"## Ablation, budget `{budget_name}`\n\nCommand: `{command}`; budget: "
         f"{json.dumps(asdict(budget))}; torch threads {threads}. Mean ± std over seeds; PSNR in dB on rounded "
-        "8-bit RGB, scikit-image SSIM; dev sets of ../shared/data.",
-        "### Dev pairs\n\n" + quality_table(groups),
+        "8-bit RGB, scikit-image SSIM; GT-mean PSNR: the output scaled by mean(GT) / mean(output), clipped, "
+        "rounded, scored (exposure taken out); dev sets of ../shared/data (benchmarks/quality.py's scoring).",
+        "### Dev pairs: PSNR and GT-mean PSNR (dB)\n\nEach cell: mean ± std over seeds, then the "
+        f"{RESAMPLING}.\n\n" + quality_table(groups),
+        "### Dev SSIM (mean ± std over seeds)\n\n" + ssim_table(groups),
         f"### Against the paper's genotype ({RULE})\n\n" + reading_table(groups, "paper"),
         f"### Against random genotypes ({RULE})\n\n" + reading_table(groups, "random (all)"),
         "### Size and time\n\n" + cost_table(groups),
@@ -230,7 +295,8 @@ def write_report(results: list[dict[str, Any]], arms: list[Any], budget: Any, bu
     ]) + "\n"
     (work / "table.md").write_text(text, encoding="utf-8")
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    keys = [k for k in results[0] if k != "genotype"] if results else []
+    # the CSV holds one number per column: the genotype and the per-image lists stay in results.json
+    keys = list(dict.fromkeys(k for r in results for k, v in r.items() if not isinstance(v, (list, dict))))
     with open(work / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

@@ -1,9 +1,11 @@
 """``benchmarks/ablation.py --budget smoke`` end to end on a generated stand-in of ../shared/data.
 
-Checks the table's shape, that every arm really ran (searched arms searched, fixed arms trained the
-genotype they name, random genotypes differ), that the same seed gives the same numbers on CPU,
-that a killed benchmark continues where it stopped, and that a training image identical to an
-evaluation image stops the benchmark.
+Checks the table's shape (GT-mean PSNR beside PSNR, seed spread and bootstrap intervals over images),
+that the arms train under the shipped ruas-auto recipe, that every arm really ran (searched arms
+searched, fixed arms trained the genotype they name, random genotypes differ), that the same seed
+gives the same numbers on CPU, that a killed benchmark continues where it stopped, that a work
+folder of another recipe is refused, and that a training image identical to an evaluation image
+stops the benchmark.
 """
 
 from __future__ import annotations
@@ -44,19 +46,116 @@ def _table(text: str, heading: str) -> list[list[str]]:
     return [r for r in rows[1:] if not set("".join(r)) <= set("-: ")]
 
 
+def _header(text: str, heading: str) -> list[str]:
+    block = text.split(heading, 1)[1].split("###", 1)[0]
+    return next([c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()
+                if line.startswith("|"))
+
+
+def _cell(cell: str) -> tuple[float, float, float, float]:
+    """``mean ± std [low, high]`` as four numbers."""
+    spread, _, interval = cell.partition(" [")
+    mean, _, std = spread.partition(" ± ")
+    low, _, high = interval.rstrip("]").partition(", ")
+    return float(mean), float(std), float(low), float(high)
+
+
 def test_the_table_has_every_arm_and_states_the_spread(smoke) -> None:
     work, text = smoke
     rows = _table(text, "### Dev pairs")
     assert [r[0] for r in rows] == ARMS + ["random (all)"]
-    assert all(len(r) == 2 + 2 * 3 + 2 for r in rows)
-    assert all("±" in cell for r in rows for cell in r[2:9])
+    assert all(len(r) == 2 + 2 * 3 + 2 + 1 for r in rows)
+    assert all("±" in cell and "[" in cell for r in rows for cell in r[2:10])
     assert "exceeds the seed spread when" in text
+    assert [r[0] for r in _table(text, "### Dev SSIM")] == ARMS + ["random (all)"]
     cost = {r[0]: r for r in _table(text, "### Size and time")}
     assert cost["paper"][1] == "3438" and cost["paper-iem-only"][1] == "1161"
     assert cost["paper"][2].startswith("0.825") and cost["paper-iem-only"][2].startswith("0.279")
     for name in ("table.md", "results.csv", "results.json", "psnr_vs_params.svg"):
         assert (work / name).stat().st_size > 0
     assert (work / "psnr_vs_params.svg").read_text().startswith("<svg")
+
+
+def test_gt_mean_psnr_stands_beside_psnr_with_intervals_over_images(smoke) -> None:
+    work, text = smoke
+    head = _header(text, "### Dev pairs")
+    sets = ("lol", "mit", "fivek_normal")
+    assert head[2:10] == [f"{s} {m}" for s in sets for m in ("PSNR", "GT-mean PSNR")] + [
+        "dev mean PSNR", "dev mean GT-mean PSNR"]
+    assert "bootstrap interval over images" in text and "resampled with replacement within each set" in text
+    results = {r["arm"]: r for r in json.loads((work / "results.json").read_text())}
+    for row in _table(text, "### Dev pairs"):
+        for column, cell in zip(head[2:10], row[2:10]):
+            mean, std, low, high = _cell(cell)
+            assert low <= mean <= high and low < high, (row[0], column, cell)
+        if row[0] in results:  # one seed: the cell's mean is the run's own figure
+            r = results[row[0]]
+            for s in sets:
+                assert _cell(row[2 + 2 * sets.index(s)])[0] == pytest.approx(r[f"{s}/psnr"], abs=0.006)
+                assert _cell(row[3 + 2 * sets.index(s)])[0] == pytest.approx(r[f"{s}/gt_mean_psnr"], abs=0.006)
+    for r in results.values():
+        for s in sets:
+            assert len(r[f"{s}/images"]) == len(r[f"{s}/psnr_per_image"]) == len(r[f"{s}/gt_mean_psnr_per_image"]) \
+                == r[f"{s}/n"] == 2
+            assert sum(r[f"{s}/gt_mean_psnr_per_image"]) / 2 == pytest.approx(r[f"{s}/gt_mean_psnr"])
+            assert r[f"{s}/gt_mean_psnr"] != r[f"{s}/psnr"]
+    for heading in ("### Against the paper's genotype", "### Against random genotypes"):
+        assert _header(text, heading)[-4:] == ["Δ dev mean PSNR", "reading (dev mean PSNR)",
+                                               "Δ dev mean GT-mean PSNR", "reading (dev mean GT-mean PSNR)"]
+        assert all(r[-1] == "too few seeds to tell" for r in _table(text, heading))  # one seed
+    import csv
+
+    with open(work / "results.csv", newline="", encoding="utf-8") as f:
+        columns = next(csv.reader(f))
+    assert {f"{s}/gt_mean_psnr" for s in sets} <= set(columns)
+    assert not any(c.endswith(("_per_image", "/images")) or c == "genotype" for c in columns)
+
+
+def test_arms_train_under_the_ruas_auto_recipe(smoke) -> None:
+    import yaml
+
+    work, _ = smoke
+    recipe = yaml.safe_load((ROOT / "tasks" / "ruas" / "models" / "ruas-auto.yaml").read_text())["task_options"]
+    keys = ("exposure_key", "exposure_headroom_ev", "exposure_highlight", "fidelity_target", "fidelity_stages",
+            "exposure_luminance", "exposure_level", "exposure_power", "exposure_sigma", "exposure_max_lift_ev",
+            "smooth_weight")
+    for arm, nrm in (("cooperative", True), ("paper", True), ("paper-iem-only", False)):
+        stage = "search" if arm == "cooperative" else "train"
+        used = yaml.safe_load((work / arm / "seed0" / stage / "config.yaml").read_text())["task_options"]
+        assert {k: used[k] for k in keys} == {k: recipe[k] for k in keys}, arm
+        assert used["use_nrm"] is nrm
+
+
+def test_a_work_folder_of_another_recipe_is_refused(tmp_path: Path) -> None:
+    ablation = _load("ablation")
+    other = tmp_path / "other.yaml"
+    other.write_text(ablation.BASE_CONFIG.read_text().replace("exposure_level: 0.25", "exposure_level: 0.8")
+                     .replace("base: ../tasks/ruas.yaml", f"base: {ROOT / 'tasks' / 'ruas.yaml'}"))
+    work = tmp_path / "work"
+    work.mkdir()
+    ablation.check_recipe(work, other)  # a new folder takes the recipe it is given
+    ablation.check_recipe(work, other)
+    with pytest.raises(SystemExit, match="another base configuration"):
+        ablation.check_recipe(work, ablation.BASE_CONFIG)
+    old = tmp_path / "old"  # runs from before recipe.json: unknown recipe
+    (old / "paper" / "seed0").mkdir(parents=True)
+    (old / "paper" / "seed0" / "result.json").write_text("{}")
+    with pytest.raises(SystemExit, match="another base configuration"):
+        ablation.check_recipe(old, ablation.BASE_CONFIG)
+
+
+def test_bootstrap_over_sets_keeps_each_sets_weight() -> None:
+    from nasflow.tasks.ruas.metrics import bootstrap_interval
+
+    report = _load("ablation_report")
+    values = [3.0, 5.0, 4.0, 9.0, 1.0]
+    assert report.bootstrap_sets([values], resamples=2000) == bootstrap_interval(values, resamples=2000, seed=0)
+    # constant sets: every resample's mean of set means is (1 + 3) / 2, not the pooled mean 1.5
+    assert report.bootstrap_sets([[1.0, 1.0, 1.0], [3.0]]) == (2.0, 2.0)
+    low, high = report.bootstrap_sets([[0.0, 10.0], [5.0, 5.0]])
+    assert (low, high) == (2.5, 7.5)
+    with pytest.raises(ValueError):
+        report.bootstrap_sets([[1.0], []])
 
 
 def test_every_arm_really_ran(smoke) -> None:
