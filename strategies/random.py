@@ -67,6 +67,7 @@ class RandomStrategy(Strategy):
                               "can rise; use search.cost.weight alone (a penalty on each sample's normalised cost)")
         self.cost = build_cost(model, config.cost)  # None when search.cost.weight is 0
         self.cost_terms: list[float] = []  # the cost part of each score (0 without search.cost)
+        self.chosen = -1  # the index of the kept sample in scores
 
     def sample(self) -> dict[str, tuple[GenoEdge, ...]]:
         return {label: rule.sample(self.arch.graph(label), self.rng) for label, rule in self.rules.items()}
@@ -119,6 +120,18 @@ class RandomStrategy(Strategy):
                 best = (score, cells)
         assert best is not None
         self.use(best[1])
+        self.chosen = self.scores.index(best[0])
+
+    def epoch_logs(self) -> dict[str, float]:
+        """After the last epoch: the chosen sample's score and cost term, and the cost terms' spread
+        over the samples (``cost/random/...``, with ``search.cost``)."""
+        if not self.scores:
+            return {}
+        logs = {"search/random/best_score": self.scores[self.chosen], "search/random/samples": float(len(self.scores))}
+        if self.cost is not None:
+            logs.update({"cost/random/chosen_term": self.cost_terms[self.chosen],
+                         "cost/random/min_term": min(self.cost_terms), "cost/random/max_term": max(self.cost_terms)})
+        return logs
 
     def state_dict(self) -> dict[str, Any]:
         return {"w_opt": self.w_opt.state_dict(), "w_sched": self.w_sched.state_dict(),

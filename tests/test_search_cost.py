@@ -76,3 +76,21 @@ def test_target_ms_needs_latency_and_a_measured_table(tmp_path):
         CostObjective(model, CostConfig(metric="flops", weight=1.0, target_ms=5.0))
     with pytest.raises(ConfigError, match="profile-ops darts"):
         CostObjective(model, CostConfig(weight=1.0, table=str(tmp_path / "empty.json")))
+
+
+def test_random_search_logs_its_chosen_cost_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nasflow.run.runner import run as run_job
+
+    overrides = [o for o in DARTS_SMALL if o != "tensorboard=false"]
+    cfg = load_run_config("demo", [*overrides, "tensorboard=true", "search.strategy=random", "search.epochs=1",
+                                   "search.cost.metric=params", "search.cost.weight=0.5"])
+    run_job(cfg, out=tmp_path / "run", quiet=True, search_only=True)
+    events = sorted((tmp_path / "run").rglob("events.out.tfevents*"))
+    assert events, "no TensorBoard events written"
+    tags = set()
+    for e in events:
+        tags |= set(EventAccumulator(str(e.parent)).Reload().Tags()["scalars"])
+    assert {"cost/random/chosen_term", "cost/random/min_term", "search/random/best_score"} <= tags

@@ -190,6 +190,10 @@ def search(cfg: RunConfig, task: Task, progress: _Progress, run_dir: Path | None
             average_buffers_(model)  # BatchNorm statistics drift apart per shard
             strategy.after_epoch(epoch)
             means = {k: v / max(1, steps) for k, v in sums.items()}
+            epoch_logs = strategy.epoch_logs()
+            means.update(epoch_logs)
+            if writer is not None and epoch_logs:
+                writer.scalars(epoch_logs, (epoch + 1) * steps)
             history.append(means)
             genotype = model.derive(cfg.search.derive_rule)  # type: ignore[operator]
             genotypes.append({"epoch": epoch + 1, "genotype": genotype.to_dict()})

@@ -31,6 +31,11 @@ class Strategy(ABC):
     def after_epoch(self, epoch: int) -> None:
         """Called after the last step of ``epoch``."""
 
+    def epoch_logs(self) -> dict[str, float]:
+        """Scalars of the epoch just ended (after :meth:`after_epoch`), logged at its last step: what a
+        strategy decides once per epoch rather than per step (random search's chosen sample)."""
+        return {}
+
     def before_step(self, step: int) -> None:
         """Called before each step (``step`` counts from 0 over the whole search)."""
 

@@ -208,6 +208,13 @@ def test_random_search_scores_the_cost_of_each_sample() -> None:
     assert [a - c for a, c in zip(priced.scores, priced.cost_terms)] == pytest.approx(plain.scores, rel=1e-6)
     best = min(range(6), key=priced.scores.__getitem__)
     assert priced.cost_terms[best] == pytest.approx(_params_penalty(model, model.derive(), 0.5), rel=1e-6)
+    # what TensorBoard gets for the epoch: the kept sample's cost term and the samples' range
+    logs = priced.epoch_logs()
+    assert logs["cost/random/chosen_term"] == pytest.approx(priced.cost_terms[best])
+    assert logs["cost/random/min_term"] == min(priced.cost_terms)
+    assert logs["cost/random/max_term"] == max(priced.cost_terms)
+    assert logs["search/random/best_score"] == min(priced.scores)
+    assert not any(k.startswith("cost/") for k in plain.epoch_logs())
 
 
 def test_random_search_with_a_heavy_cost_keeps_the_cheapest_sample() -> None:
