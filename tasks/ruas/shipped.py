@@ -23,3 +23,7 @@ RUAS_AUTO = ShippedModel(
     summary="exposure-adaptive RUAS: brightens dark photos, leaves well-exposed ones nearly unchanged",
     tags=("default",),
 )
+RUAS_FAST = ShippedModel(
+    name="ruas-fast", package=_PACKAGE, file="models/ruas-fast.pt", card="models/ruas-fast.md",
+    summary="ruas-auto's behaviour on the cell nasflow's latency-aware search found: every IEM edge a skip connection",
+)

@@ -18,9 +18,10 @@ from nasflow.infer.inference import load_model
 from nasflow.infer.models import default_model_name
 
 
-@pytest.fixture(scope="module")
-def enhancer():  # noqa: ANN201
-    return load_model(default_model_name(), device="cpu")
+@pytest.fixture(scope="module", params=["default", "ruas-fast"])
+def enhancer(request):  # noqa: ANN001, ANN201
+    """The default model, and ruas-fast, whose card claims the default's behaviour on a searched cell."""
+    return load_model(default_model_name() if request.param == "default" else request.param, device="cpu")
 
 
 def _srgb_to_linear(x: np.ndarray) -> np.ndarray:
@@ -145,7 +146,8 @@ def test_the_cli_exposure_bias_matches_python(enhancer, tmp_path: Path) -> None:
     pictures = {}
     for bias in (0.0, 1.0):
         out = tmp_path / f"out{bias}"
-        assert main(["enhance", str(src), "-o", str(out), "--quiet", "--exposure-bias", str(bias)]) == 0
+        assert main(["enhance", str(src), "-o", str(out), "--quiet", "--model", enhancer.name, "--exposure-bias",
+                     str(bias)]) == 0
         pictures[bias] = read_image(out / "dark.png").rgb
     python = enhancer.enhance_rgb(read_image(src / "dark.png").rgb, exposure_bias=1.0)
     assert np.abs(pictures[1.0] - python).max() <= 1 / 255 + 1e-6

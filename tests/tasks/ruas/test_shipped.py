@@ -17,7 +17,7 @@ from nasflow.run.runner import load_run_config
 from nasflow.schema import RunConfig
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-SHIPPED = ("ruas-lol", "ruas-mit", "ruas-auto")
+SHIPPED = ("ruas-lol", "ruas-mit", "ruas-auto", "ruas-fast")
 
 
 def _card(name: str) -> str:
@@ -42,7 +42,8 @@ def test_shipped_model_loads_and_enhances(name: str) -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_card_names_its_command_and_config(name: str) -> None:
     card = _card(name)
-    match = re.search(r"nasflow train (tasks/ruas/models/[\w.-]+\.yaml) --genotype paper", card)
+    match = re.search(r"nasflow train (tasks/ruas/models/[\w.-]+\.yaml) --genotype (paper|tasks/ruas/models/[\w.-]+\.json)",
+                      card)
     assert match, f"{name}: the card does not give the nasflow command that trained it"
     assert "never" in card.lower() and "evaluation" in card.lower()  # says what it was not trained on
     # the saved config read by today's schema: keys added since (with their defaults) filled in
@@ -50,6 +51,11 @@ def test_card_names_its_command_and_config(name: str) -> None:
     config = to_dict(load_run_config(Path(__file__).resolve().parents[3] / match.group(1),
                                      ["task_options.root=../shared/data"]))
     assert config == saved, f"{name}: the card's config differs from the one saved with the weights"
+    if match.group(2) != "paper":  # a searched genotype: the file the card names is the one in the weights
+        import json
+
+        named = json.loads((Path(__file__).resolve().parents[3] / match.group(2)).read_text(encoding="utf-8"))
+        assert load_safe(MODELS.get(name).path())["genotype"]["cells"] == named["cells"]
     assert set(_figures(card)) == {"lol", "mit", "fivek_normal"}
 
 
