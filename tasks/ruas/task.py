@@ -351,9 +351,10 @@ class RUASTask(Task):
 
         if hasattr(model, "noise_gate"):
             return model  # the journal release's per-image gate: the fast path has no place for it
-        # channels-last pays on CPUs (oneDNN); on a GPU NCHW is faster (figures: benchmarks/README.md)
+        # channels-last pays on CPUs (oneDNN) for the NRM's 6-channel convolutions; the IEM alone works on
+        # 3-channel tensors, which run faster contiguous (NCHW); on a GPU NCHW is faster (benchmarks/README.md)
         on_cpu = next(model.parameters()).device.type == "cpu"
-        return fast_ruas(model, channels_last=on_cpu)
+        return fast_ruas(model, channels_last=on_cpu and bool(getattr(model, "use_nrm", True)))
 
     @torch.no_grad()
     def enhance(self, model: nn.Module, low: torch.Tensor) -> torch.Tensor:
