@@ -67,7 +67,6 @@ class RandomStrategy(Strategy):
                               "can rise; use search.cost.weight alone (a penalty on each sample's normalised cost)")
         self.cost = build_cost(model, config.cost)  # None when search.cost.weight is 0
         self.cost_terms: list[float] = []  # the cost part of each score (0 without search.cost)
-        self.chosen = -1  # the index of the kept sample in scores
 
     def sample(self) -> dict[str, tuple[GenoEdge, ...]]:
         return {label: rule.sample(self.arch.graph(label), self.rng) for label, rule in self.rules.items()}
@@ -120,16 +119,16 @@ class RandomStrategy(Strategy):
                 best = (score, cells)
         assert best is not None
         self.use(best[1])
-        self.chosen = self.scores.index(best[0])
 
     def epoch_logs(self) -> dict[str, float]:
         """After the last epoch: the chosen sample's score and cost term, and the cost terms' spread
         over the samples (``cost/random/...``, with ``search.cost``)."""
         if not self.scores:
             return {}
-        logs = {"search/random/best_score": self.scores[self.chosen], "search/random/samples": float(len(self.scores))}
+        chosen = self.scores.index(min(self.scores))  # the first best sample: the one after_epoch kept
+        logs = {"search/random/best_score": self.scores[chosen], "search/random/samples": float(len(self.scores))}
         if self.cost is not None:
-            logs.update({"cost/random/chosen_term": self.cost_terms[self.chosen],
+            logs.update({"cost/random/chosen_term": self.cost_terms[chosen],
                          "cost/random/min_term": min(self.cost_terms), "cost/random/max_term": max(self.cost_terms)})
         return logs
 

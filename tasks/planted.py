@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasflow.core.cell import FanIn
 from nasflow.core.compile import compile_cell
 from nasflow.core.genotype import Genotype
 from nasflow.core.space import CellSpace, build_space
@@ -36,17 +37,6 @@ class PlantedOptions:
     teacher_seed: int = 1234
     teacher_scale: float = field(default=2.0, metadata={"min": 0.0})  # larger weights: ops easier to tell apart
     candidates: list[str] | None = None  # the space's candidate ops (None: the space's defaults)
-
-
-class FanIn(nn.Module):
-    """Feeds one tensor to every input of a cell (DARTS cells take two)."""
-
-    def __init__(self, cell: nn.Module) -> None:
-        super().__init__()
-        self.cell = cell
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cell(*([x] * len(self.cell.graph.inputs)))
 
 
 class PlantedNet(Supernet):

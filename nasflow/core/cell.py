@@ -181,3 +181,15 @@ def find_arch(model: nn.Module) -> ArchAlphas:
 
 def supercells(model: nn.Module, label: str | None = None) -> list[SuperCell]:
     return [m for m in model.modules() if isinstance(m, SuperCell) and (label is None or m.nas_label == label)]
+
+
+class FanIn(nn.Module):
+    """Feeds one tensor to every input of a cell (DARTS cells take two), so that a cell of any space
+    runs as a one-input module (profiling, planted teachers)."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cell(*([x] * len(self.cell.graph.inputs)))

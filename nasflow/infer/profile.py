@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from nasflow.core.cell import FanIn
 from nasflow.core.cost import CostKey, CostTable, OpCost, device_name, static_cost
 from nasflow.core.genotype import GenoEdge
 from nasflow.core.space import CellSpace
@@ -83,17 +84,6 @@ def interleaved_ms(models: Mapping[str, nn.Module], x: torch.Tensor, timer: Time
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
-class _FanIn(nn.Module):
-    """Feeds one tensor to every input of a cell."""
-
-    def __init__(self, cell: nn.Module) -> None:
-        super().__init__()
-        self.cell = cell
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cell(*([x] * len(self.cell.graph.inputs)))
-
-
 def reference_op(space: CellSpace) -> str:
     """The op whose uniform cell is the baseline of the marginal costs: the identity, else the zero op,
     else the first candidate."""
@@ -111,7 +101,7 @@ def uniform_cell(space: CellSpace, op: str, channels: int) -> nn.Module:
     edges = tuple(GenoEdge(op, e.src, e.dst) for e in graph.edges)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return _FanIn(space.cell(edges, channels)).eval()
+        return FanIn(space.cell(edges, channels)).eval()
 
 
 def measure_ops(space: CellSpace, channels: int, height: int, width: int, timer: Timer) -> dict[str, float]:

@@ -134,14 +134,3 @@ def highlight(y: torch.Tensor, quantile: float) -> torch.Tensor:
     value = grid.kthvalue(k, dim=1).values.to(y.dtype)
     return value.clamp_min(1.0 / 255).view(-1, 1, 1, 1)
 
-
-@dataclass(frozen=True)
-class ExposureStep:
-    """The whole-image first step of a RUAS network, split off for tiled inference
-    (:func:`nasflow.infer.tiling.split_global`): it takes the user's exposure bias."""
-
-    policy: ExposurePolicy
-    accepts_exposure_bias = True
-
-    def __call__(self, y: torch.Tensor, exposure_bias: float = 0.0) -> torch.Tensor:
-        return self.policy(y, exposure_bias)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from nasflow.tasks.ruas.exposure import ExposurePolicy, ExposureStep, highlight, linear_to_srgb, srgb_to_linear
+from nasflow.tasks.ruas.exposure import ExposurePolicy, highlight, linear_to_srgb, srgb_to_linear
+from nasflow.tasks.ruas.model import WholeImageStep
 
 SCENE = ExposurePolicy(target=0.35, headroom_ev=0.5)
 KEY = ExposurePolicy(target=0.46)
@@ -49,7 +50,7 @@ def test_the_bias_multiplies_the_gain_even_for_bright_photos() -> None:
         g0 = SCENE.gain(image)
         assert torch.allclose(SCENE.gain(image, exposure_bias=1.0), 2 * g0)
         assert torch.allclose(SCENE.gain(image, exposure_bias=-1.0), g0 / 2)
-    step = ExposureStep(SCENE)
+    step = WholeImageStep(SCENE)
     dark = _textured(0.03)
     assert torch.allclose(step(dark, exposure_bias=1.0), (SCENE(dark) * 2).clamp(0, 1), atol=1e-6)
 
