@@ -1,0 +1,99 @@
+"""Calibrate the dark-photo models' metering and key to FiveK expert C on the fivek_normal pairs.
+
+    python benchmarks/calibrate_exposure.py --out benchmarks/results/exposure-calibration.md
+
+The rule (fixed before it was run; ``nasflow.tasks.ruas.calibration``): every fivek_normal input
+(a normally exposed camera rendering) is darkened by 1, 2, 3 and 4 stops in linear light; the
+dark-photo models' tone pipeline without the network (global exposure, then the IEM's target lift)
+runs on each; per case the key that meets expert C's mean is found; a metering's key is the median
+over cases; the metering with the smaller leave-one-photo-out brightness error wins. ``ruas-mit``
+and ``ruas-lol`` are scored on ``lol`` and ``mit``, never on these pairs, so the key is not chosen
+on what their cards report. Skips cleanly (exit 0, one line) without the data folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def read_calibration_pairs(folder: Path):  # noqa: ANN201
+    import torch
+
+    from nasflow.infer.imageio import IMAGE_SUFFIXES, read_image
+
+    pairs = []
+    for low in sorted(p for p in (folder / "low").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        high = next(p for p in (folder / "high").glob(low.stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+        def tensor(path: Path) -> torch.Tensor:
+            return torch.from_numpy(read_image(path).rgb.copy()).permute(2, 0, 1).unsqueeze(0).float()
+
+        pairs.append((low.stem, tensor(low), tensor(high)))
+    return pairs
+
+
+def report(chosen, fits, cases, folder: Path, argv: Sequence[str]) -> str:  # noqa: ANN001
+    lines = [
+        "# Exposure calibration of the dark-photo models (ruas-mit, ruas-lol)",
+        "",
+        f"Command: `{' '.join(['python benchmarks/calibrate_exposure.py', *argv])}`",
+        "",
+        f"Data: {len({c.photo for c in cases})} pairs of `{folder.name}` (FiveK camera renderings -> expert C), "
+        f"each darkened by {', '.join(f'{d:g}' for d in sorted({c.stops for c in cases}))} stops: {len(cases)} cases. "
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "",
+        "Rule (fixed before it was run, `tasks/ruas/calibration.py`): the tone pipeline without the network "
+        "(global exposure with no highlight limit, then `u = y' / t*` with the IEM's exposure target: level 0.25, "
+        "power 0.5, sigma 6, at most one stop); per case the key whose output mean meets the expert's; a metering's "
+        "key is the median over cases; the metering with the smaller leave-one-photo-out mean absolute brightness "
+        "error (8-bit) is chosen.",
+        "",
+        "| metering | key (median over cases) | key range over cases | LOO mean abs brightness err | LOO signed err |",
+        "|---|---|---|---|---|",
+    ]
+    for f in fits:
+        mark = " (chosen)" if f is chosen else ""
+        lines.append(f"| {f.metering}{mark} | {f.key:.4f} | {min(f.case_keys):.4f} - {max(f.case_keys):.4f} | "
+                     f"{f.loo_abs_error:.1f} | {f.loo_signed_error:+.1f} |")
+    lines += ["", "Per case (key that meets the expert's mean):", "",
+              "| photo | stops darker | expert mean (8-bit) | " + " | ".join(f"{f.metering} key" for f in fits) + " |",
+              "|---|---|---|" + "---|" * len(fits)]
+    for i, c in enumerate(cases):
+        lines.append(f"| {c.photo} | {c.stops:g} | {255 * c.expert_mean:.1f} | "
+                     + " | ".join(f"{f.case_keys[i]:.4f}" for f in fits) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the data folder (default ../shared/data)")
+    parser.add_argument("--set", default="fivek_normal", help="the calibration pairs' folder in --data")
+    parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    args = parser.parse_args(argv)
+    folder = args.data / args.set
+    if not (folder / "low").is_dir():
+        print(f"skipped: no calibration pairs at {folder}")
+        return 0
+    from nasflow.tasks.ruas.calibration import calibrate, cases_from_pairs
+
+    cases = cases_from_pairs(read_calibration_pairs(folder))
+    chosen, fits = calibrate(cases)
+    text = report(chosen, fits, cases, folder, argv)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Calibrating the global exposure of the dark-photo models to an expert's brightness, off the test pairs.
+
+A dark photo has no "right" brightness of its own: the expert who retouches it decides. The
+dark-photo models (``ruas-mit``, ``ruas-lol``) bring every photo to one photographic key; which
+metering and which key are calibrated here against expert references that the models' cards do
+not report as a test, by a rule fixed before it was run:
+
+1. each calibration pair's input (a normally exposed camera rendering) is darkened by ``d`` stops in
+   linear light and quantised to 8 bits, for every ``d`` in :data:`DARKENINGS` (a dark photo of the
+   same scene, as a shorter exposure would give);
+2. the model's tone pipeline without the network runs on it: the global exposure step (metering
+   ``M``, key ``a``), then the lift the IEM is trained towards, ``u = clamp(y' / t*, 0, 1)``
+   (:func:`nasflow.tasks.ruas.losses.exposure_target`);
+3. per case, the key ``a_i(M)`` whose output mean equals the expert's mean is found by bisection
+   (the output mean rises with the key); the key of ``M`` is the median over cases;
+4. the metering is the one with the smaller leave-one-photo-out mean absolute brightness error (in
+   8-bit levels): each photo's cases are predicted with the median key of the other photos' cases.
+
+The network is left out on purpose: it is trained towards ``t*``, and leaving it out keeps the
+calibration independent of any trained weights (it runs before the model is trained).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from nasflow.tasks.ruas.exposure import METERINGS, ExposurePolicy, linear_to_srgb, srgb_to_linear
+from nasflow.tasks.ruas.losses import exposure_target
+
+DARKENINGS = (1.0, 2.0, 3.0, 4.0)  # stops: from a slightly dark photo to a very dark one (LOL-like)
+KEY_RANGE = (1e-3, 1.0)
+BISECTIONS = 40
+
+
+@dataclass(frozen=True)
+class ToneLift:
+    """The IEM's exposure target's constants (``exposure_target``'s keyword arguments)."""
+
+    level: float = 0.25
+    power: float = 0.5
+    sigma: float = 6.0
+    max_lift_ev: float | None = 1.0
+    luminance: str = "max"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One darkened calibration photo and its expert's mean (in [0, 1])."""
+
+    photo: str
+    stops: float
+    image: torch.Tensor  # 1x3xHxW in [0, 1], 8-bit values
+    expert_mean: float
+
+
+@dataclass(frozen=True)
+class MeteringFit:
+    """A metering's calibrated key and its leave-one-photo-out brightness error."""
+
+    metering: str
+    key: float
+    case_keys: tuple[float, ...]
+    loo_abs_error: float  # 8-bit levels
+    loo_signed_error: float
+
+
+def darken(y: torch.Tensor, stops: float) -> torch.Tensor:
+    """``y`` (sRGB in [0, 1]) as an exposure ``stops`` shorter: linear light times ``2 ** -stops``, 8-bit."""
+    return torch.round(linear_to_srgb(srgb_to_linear(y) * 2.0 ** -stops) * 255.0) / 255.0
+
+
+def tone_pipeline(y: torch.Tensor, metering: str, key: float, lift: ToneLift) -> torch.Tensor:
+    """The dark-photo models' tones without the network: the global exposure (no highlight limit),
+    then ``u = clamp(y' / t*, 0, 1)``."""
+    exposed = ExposurePolicy(target=key, metering=metering)(y)
+    t = exposure_target(exposed, level=lift.level, power=lift.power, sigma=lift.sigma,
+                        luminance=lift.luminance, max_lift_ev=lift.max_lift_ev)
+    return torch.clamp(exposed / t, 0.0, 1.0)
+
+
+def output_mean(case: Case, metering: str, key: float, lift: ToneLift) -> float:
+    """The pipeline's output mean on ``case``, as an 8-bit file would hold it (in [0, 1])."""
+    return float(torch.round(tone_pipeline(case.image, metering, key, lift) * 255.0).mean()) / 255.0
+
+
+def matching_key(case: Case, metering: str, lift: ToneLift) -> float:
+    """The key whose output mean equals the expert's, by bisection in log key over :data:`KEY_RANGE`
+    (clamped to its ends when the expert is darker or brighter than any key gives)."""
+    lo, hi = math.log(KEY_RANGE[0]), math.log(KEY_RANGE[1])
+    if output_mean(case, metering, math.exp(hi), lift) <= case.expert_mean:
+        return KEY_RANGE[1]
+    if output_mean(case, metering, math.exp(lo), lift) >= case.expert_mean:
+        return KEY_RANGE[0]
+    for _ in range(BISECTIONS):
+        mid = 0.5 * (lo + hi)
+        if output_mean(case, metering, math.exp(mid), lift) < case.expert_mean:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
+
+
+def fit_metering(cases: Sequence[Case], metering: str, lift: ToneLift) -> MeteringFit:
+    """Step 3 and 4 of the rule (module docstring) for one metering."""
+    if metering not in METERINGS:
+        raise ValueError(f"the metering must be one of {', '.join(METERINGS)}, got {metering!r}")
+    keys = [matching_key(c, metering, lift) for c in cases]
+    photos = sorted({c.photo for c in cases})
+    if len(photos) < 2:
+        raise ValueError("leave-one-photo-out needs at least two calibration photos")
+    errors: list[float] = []
+    for photo in photos:
+        key = statistics.median(k for k, c in zip(keys, cases) if c.photo != photo)
+        errors.extend(255.0 * (output_mean(c, metering, key, lift) - c.expert_mean) for c in cases if c.photo == photo)
+    return MeteringFit(metering=metering, key=statistics.median(keys), case_keys=tuple(keys),
+                       loo_abs_error=statistics.fmean(abs(e) for e in errors),
+                       loo_signed_error=statistics.fmean(errors))
+
+
+def calibrate(cases: Sequence[Case], lift: ToneLift = ToneLift(),
+              meterings: Sequence[str] = METERINGS) -> tuple[MeteringFit, list[MeteringFit]]:
+    """The chosen metering's fit (the smallest leave-one-photo-out error) and every metering's fit."""
+    fits = [fit_metering(cases, m, lift) for m in meterings]
+    return min(fits, key=lambda f: f.loo_abs_error), fits
+
+
+def cases_from_pairs(pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
+                     darkenings: Sequence[float] = DARKENINGS) -> list[Case]:
+    """The calibration cases of ``(name, input, expert)`` pairs (1x3xHxW in [0, 1]): step 1 of the rule."""
+    return [Case(photo=name, stops=d, image=darken(low, d), expert_mean=float(expert.mean()))
+            for name, low, expert in pairs for d in darkenings]
