@@ -1,0 +1,37 @@
+"""``benchmarks/calibrate_exposure.py`` end to end on the generated data folder: the report names both
+meterings, marks one chosen, lists every case, and the chosen one has the smaller leave-one-out error."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1].parent
+
+
+def _load():  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location("nasflow_benchmark_calibrate", ROOT / "benchmarks" / "calibrate_exposure.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_on_generated_pairs(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "calibration.md"
+    assert _load().main(["--data", str(data), "--out", str(out)]) == 0
+    text = out.read_text()
+    rows = {m.group(1): (m.group(2), float(m.group(3)))
+            for m in re.finditer(r"^\| (mean|reinhard)( \(chosen\))? \| [\d.]+ \| [\d.]+ - [\d.]+ \| ([\d.]+) \|", text, re.M)}
+    assert set(rows) == {"mean", "reinhard"}
+    chosen = [m for m, (mark, _) in rows.items() if mark]
+    assert len(chosen) == 1
+    assert rows[chosen[0]][1] <= min(err for _, err in rows.values())
+    assert len(re.findall(r"^\| 0000[01] \| [1-4] \|", text, re.M)) == 8  # 2 photos x 4 darkenings
+
+
+def test_skips_without_the_data(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    assert _load().main(["--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("skipped:")
