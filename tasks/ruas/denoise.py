@@ -33,6 +33,8 @@ import torch.nn.functional as F
 MAD_TO_SIGMA = 0.6745  # the median of |N(0, 1)| (Donoho & Johnstone 1994)
 LEVEL_GRID = 256  # |HH| is sampled on a fixed grid: a constant rank keeps the median traceable for any size
 DENOISERS = ("none", "lee")
+NLM_CUT = 30.0  # non-local means: a patch farther than exp(-30) ~ 1e-13 in weight does not vote
+NLM_FLOOR = float(torch.exp(torch.tensor(-NLM_CUT)))
 
 
 def luma(y: torch.Tensor) -> torch.Tensor:
@@ -119,3 +121,55 @@ def split_noise_level(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | Non
     if y.dim() == 4 and y.shape[1] == 4:
         return y[:, :3], y[:, 3:4]
     return y, None
+
+
+def nl_means(z: torch.Tensor, noise_var: torch.Tensor, search_radius: int = 10, patch_radius: int = 1,
+             h_factor: float = 0.55) -> torch.Tensor:
+    """Non-local means (Buades, Coll & Morel, "Non-Local Means Denoising", IPOL 2011, pixelwise form,
+    eq. 1-2) of ``z`` (N3HW) at the per-pixel noise variance ``noise_var`` (broadcastable to N1HW; a
+    per-channel map is averaged over channels).
+
+    Every pixel ``q`` within ``search_radius`` of ``p`` (a 21x21 research window) votes with weight
+    ``w = exp(-max(d^2 - 2 n, 0) / h^2)``, ``d^2`` the mean squared difference of the
+    ``(2 patch_radius + 1)^2`` colour patches around ``p`` and ``q``, ``n`` the noise variance at
+    ``p`` and ``h = h_factor * sqrt(n)``; ``p`` itself votes with the largest weight of the others
+    (IPOL's rule, so that it does not outvote its look-alikes). The constants are IPOL's table for
+    colour images at noise up to 25 8-bit levels: 3x3 patches, 21x21 window, ``h = 0.55 sigma``.
+    Patches reaching past the border see the border pixels repeated; candidates outside the image do
+    not vote. Where ``n ~ 0`` (a clean photo, an unlifted pixel) only identical patches get weight, so
+    the pixel is left as it is."""
+    if search_radius < 1 or patch_radius < 0:
+        raise ValueError(f"need search_radius >= 1 and patch_radius >= 0, got {search_radius}, {patch_radius}")
+    n_img, _, h, w = z.shape
+    r, f = search_radius, patch_radius
+    n = noise_var.to(z.dtype)
+    if n.dim() == 4 and n.shape[1] > 1:
+        n = n.mean(dim=1, keepdim=True)
+    n = n.expand(n_img, 1, h, w)
+    two_n = 2.0 * n
+    inv_h2 = 1.0 / (h_factor * h_factor * n).clamp_min(1e-20)
+    zp = F.pad(z, (r + f,) * 4, mode="replicate")
+    inside = F.pad(torch.ones(1, 1, h, w, dtype=z.dtype, device=z.device), (r,) * 4)
+    centre = zp[..., r:r + h + 2 * f, r:r + w + 2 * f]
+    acc = torch.zeros_like(z)
+    wsum = z.new_zeros(n_img, 1, h, w)
+    wmax = z.new_zeros(n_img, 1, h, w)
+    k = 2 * f + 1
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy == 0 and dx == 0:
+                continue
+            cand = zp[..., r + dy:r + dy + h + 2 * f, r + dx:r + dx + w + 2 * f]
+            d2 = torch.sub(centre, cand).square_().mean(dim=1, keepdim=True)
+            if f:
+                d2 = F.avg_pool2d(d2, k, stride=1)
+            # exp(-x) cut to 0 at x = NLM_CUT (IPOL's implementation cuts its exponential table too): the
+            # tiny weights of dissimilar patches would otherwise underflow unevenly in acc and wsum
+            wt = d2.sub_(two_n).clamp_min_(0.0).mul_(inv_h2).clamp_max_(NLM_CUT).neg_().exp_().sub_(NLM_FLOOR)
+            wt.mul_(inside[..., r + dy:r + dy + h, r + dx:r + dx + w])
+            acc.addcmul_(wt, cand[..., f:f + h, f:f + w])
+            wsum.add_(wt)
+            torch.maximum(wmax, wt, out=wmax)
+    acc.addcmul_(wmax, z)
+    wsum.add_(wmax)
+    return torch.where(wsum > 0, acc / wsum.clamp_min(1e-30), z)
