@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from nasflow.core.compile import compile_model
 from nasflow.infer.tiling import tiled_apply
-from nasflow.tasks.ruas.denoise import (lee_filter, lee_filter_, lifted_noise_var, local_moments, noise_level,
+from nasflow.tasks.ruas.denoise import (lee_filter, lee_filter_, lifted_noise_var, local_moments, nl_means, noise_level,
                                         split_noise_level, with_noise_level)
 from nasflow.tasks.ruas.fast import fast_ruas
 from nasflow.tasks.ruas.model import RUASNet, paper_genotype
@@ -126,6 +126,40 @@ def test_in_place_filter_equals_the_functional_one() -> None:
     got = lee_filter_(z, sigma, t.clone(), 1)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert torch.equal(z, kept)
+
+
+# -- non-local means (a candidate of benchmarks/select_denoiser.py) ------------------------------------
+def _stripes(size: int = 48) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (0.3 + 0.4 * ((xx // 6) % 2) + 0.05 * (yy > size // 2)).float().expand(1, 3, size, size).clone()
+
+
+def test_nl_means_removes_noise_and_keeps_repeated_structure() -> None:
+    clean = _stripes()
+    noisy = _noisy(clean, 0.05)
+    var = torch.full((1, 1, 48, 48), 0.05**2)
+    err = lambda x: float((x - clean).square().mean().sqrt())  # noqa: E731
+    out = nl_means(noisy, var, search_radius=5)
+    assert err(out) < 0.4 * err(noisy)
+    assert err(out) < err(lee_filter(noisy, var, 1))  # the stripes repeat: their look-alikes vote
+
+
+def test_nl_means_leaves_a_clean_image_alone_at_zero_or_tiny_noise() -> None:
+    g = torch.Generator().manual_seed(1)
+    z = torch.rand(1, 3, 30, 40, generator=g)
+    assert torch.equal(nl_means(z, torch.zeros(1, 1, 30, 40), search_radius=3), z)
+    # tiny weights must not underflow unevenly (they once sent pixels to black)
+    out = nl_means(_stripes(), torch.full((1, 1, 48, 48), 1e-6), search_radius=4)
+    assert float((out - _stripes()).abs().max()) < 1e-3
+
+
+def test_nl_means_takes_a_per_channel_variance_as_its_channel_mean() -> None:
+    noisy = _noisy(_stripes(), 0.03)
+    per_channel = torch.full((1, 3, 48, 48), 0.03**2)
+    torch.testing.assert_close(nl_means(noisy, per_channel, search_radius=3),
+                               nl_means(noisy, per_channel[:, :1], search_radius=3))
+    with pytest.raises(ValueError, match="search_radius"):
+        nl_means(noisy, per_channel, search_radius=0)
 
 
 # -- in the network ----------------------------------------------------------------------------------
