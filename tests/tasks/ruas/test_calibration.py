@@ -52,6 +52,22 @@ def test_the_rule_finds_the_experts_metering_and_key(metering: str, key: float) 
     assert other.loo_abs_error > chosen.loo_abs_error
 
 
+@pytest.mark.parametrize(("metering", "key"), [("reinhard", 0.3), ("mean", 0.46)])
+def test_the_psnr_check_prefers_the_experts_metering(metering: str, key: float) -> None:
+    _, fits = calibrate(cases_from_pairs(_pairs(metering, key), darkenings=(1.0, 2.0)))
+    chosen, _ = calibrate(cases_from_pairs(_pairs(metering, key), darkenings=(1.0, 2.0)), criterion="psnr")
+    assert chosen.metering == metering
+    assert all(f.loo_psnr is not None and f.loo_psnr <= chosen.loo_psnr for f in fits)
+
+
+def test_the_psnr_check_needs_the_experts_picture() -> None:
+    cases = [Case(c.photo, c.stops, c.image, c.expert_mean) for c in cases_from_pairs(_pairs("mean", 0.46))]
+    with pytest.raises(ValueError, match="expert's picture"):
+        calibrate(cases, criterion="psnr")
+    with pytest.raises(ValueError, match="criterion"):
+        calibrate(cases, criterion="ssim")
+
+
 def test_a_key_out_of_range_is_clamped_not_extrapolated() -> None:
     photo = darken(_photos(1)[0], 3.0)
     white = Case("white", 3.0, photo, expert_mean=1.0)
