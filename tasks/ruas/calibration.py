@@ -37,6 +37,7 @@ import torch
 
 from nasflow.tasks.ruas.exposure import METERINGS, ExposurePolicy, linear_to_srgb, srgb_to_linear
 from nasflow.tasks.ruas.losses import exposure_target
+from nasflow.tasks.ruas.metrics import PSNR_CAP_DB, psnr, to_uint8
 
 DARKENINGS = (1.0, 2.0, 3.0, 4.0)  # stops: from a slightly dark photo to a very dark one (LOL-like)
 KEY_RANGE = (1e-3, 1.0)
@@ -113,15 +114,6 @@ def matching_key(case: Case, metering: str, lift: ToneLift) -> float:
     return math.exp(0.5 * (lo + hi))
 
 
-def case_psnr(case: Case, metering: str, key: float, lift: ToneLift) -> float:
-    """PSNR (dB) of the pipeline's 8-bit output against the expert's picture (the data README's protocol)."""
-    if case.expert is None:
-        raise ValueError(f"case {case.photo!r} carries no expert picture")
-    out = torch.round(tone_pipeline(case.image, metering, key, lift) * 255.0)
-    mse = float(((out - torch.round(case.expert * 255.0)) ** 2).mean())
-    return 10.0 * math.log10(255.0 ** 2 / max(mse, 1e-10))
-
-
 def fit_metering(cases: Sequence[Case], metering: str, lift: ToneLift) -> MeteringFit:
     """Steps 3 and 4 of the rule (module docstring) for one metering."""
     if metering not in METERINGS:
@@ -135,10 +127,11 @@ def fit_metering(cases: Sequence[Case], metering: str, lift: ToneLift) -> Meteri
     scored = all(c.expert is not None for c in cases)
     for photo in photos:
         key = statistics.median(k for k, c in zip(keys, cases) if c.photo != photo)
-        held = [c for c in cases if c.photo == photo]
-        errors.extend(255.0 * (output_mean(c, metering, key, lift) - c.expert_mean) for c in held)
-        if scored:
-            psnrs.extend(case_psnr(c, metering, key, lift) for c in held)
+        for case in (c for c in cases if c.photo == photo):
+            out = to_uint8(tone_pipeline(case.image, metering, key, lift))  # the 8-bit file, run once per case
+            errors.append(float(out.mean()) - 255.0 * case.expert_mean)
+            if scored:  # the data README's protocol (PSNR of 8-bit RGB, rounded)
+                psnrs.append(min(psnr(out, to_uint8(case.expert)), PSNR_CAP_DB))
     return MeteringFit(metering=metering, key=statistics.median(keys), case_keys=tuple(keys),
                        loo_abs_error=statistics.fmean(abs(e) for e in errors),
                        loo_signed_error=statistics.fmean(errors),
