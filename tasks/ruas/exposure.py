@@ -3,7 +3,8 @@
 The IEM is local (an output pixel sees about 10 pixels), so it cannot tell a dark photo from a dark
 corner of a bright one; this step reads the whole image. It is Retinex with a constant illumination
 ``t_0 = 1 / g`` and carries no parameters. Per image, with ``m`` the mean of ``y`` over channels and
-pixels and ``h`` the ``highlight_quantile`` of the per-pixel channel maximum::
+pixels and ``h`` the scene's highlights (the brightest ``highlight_spot`` x ``highlight_spot`` square of
+the per-pixel channel maximum, or, without a spot size, its ``highlight_quantile``)::
 
     g_key  = target / m                          bring the mean up to the target ...
     g_room = 2 ** headroom_ev / h                ... but push the scene's highlights at most
@@ -15,20 +16,23 @@ Why each part (the rules the constants follow, never fitted to evaluation pairs)
 
 * ``g >= 1`` before the bias: the step never darkens, so a photo whose mean is at or above
   ``target`` is left exactly as it is.
-* ``target``: the mean a dark photo is brought to. The scene-adaptive policy uses 0.35, the mean
-  at and above which a photo counts as normally exposed: with a lower bound of 1 on the gain, the
-  output mean ``max(m, min(target, ...))`` is then monotone in the input's exposure, and a dark
-  version of a well-exposed photo never comes out brighter than the photo itself. The legacy key
-  policy uses 0.46, middle grey (18 % reflectance, sRGB-encoded; the zone system's and Reinhard et
-  al. 2002's key), for models meant for photos known to be dark.
-* ``headroom_ev`` (scene policy: 0.5): a scene whose brightest pixels already reach full scale
-  (a night street, lamps, a lit window) was exposed for its lights; lifting it to the target would
-  turn a night into fog and bloom the lights. Half a stop here and at most half a stop of local
-  lift in the IEM (``exposure_target(max_lift_ev=0.5)``) keep such a background within one stop
-  (2x) of the input. ``None`` (the key policy) disables the limit.
-* ``highlight_quantile`` (0.99): the brightest 1 % of pixels stand for the scene's lights, sky and
-  speculars; a quantile rather than the maximum, so hot pixels and single specular glints do not
-  decide the exposure.
+* ``target``: the mean a dark photo is brought to. The scene-adaptive policy (``ruas-auto``) uses
+  0.35, the mean at and above which a photo counts as normally exposed: such a photo gets no gain,
+  and a darker exposure of it never comes out brighter than it. A higher target cannot keep both promises:
+  with the output mean ``max(m, min(target, ...))`` monotone in the input's exposure, a photo of mean
+  0.35 whose highlights leave room would come out at ``target``, more than 10 % brighter once
+  ``target > 0.385``. The key policy (``ruas-mit``, ``ruas-lol``, for photos known to be dark) uses
+  a key calibrated to an expert's retouch (:mod:`nasflow.tasks.ruas.calibration`).
+* ``headroom_ev`` (scene policy: 0): a scene whose lights already reach full scale (a night street,
+  lamps, a lit window) was exposed for its lights; lifting it to the target would turn a night into
+  fog and bloom the lights. ``None`` (the key policy) disables the limit. The IEM's local lift (at
+  most one stop, ``exposure_target(max_lift_ev=1)``) then keeps such a background within 2x.
+* ``highlight_spot`` (scene policy: 3): the highlights are the brightest 3x3-pixel square, read as
+  its darkest pixel (:func:`spot_highlight`). A lamp counts however small a share of the frame it
+  covers (four street lights in a 12-megapixel night photo are a few hundredths of a percent of
+  it), a lone hot pixel or a one-pixel glint does not: 3 pixels is the smallest square with a
+  centre. ``highlight_quantile`` (0.99, used when no spot size is given, as in model files made
+  before it) reads the brightest 1 % instead, which a few small lights do not reach.
 * ``exposure_bias`` (EV): the user's control, as photo tools have: it multiplies the gain by
   ``2 ** bias`` after the clamp, so +1 doubles the step's output (before clipping) and -1 halves it,
   also for photos the step would otherwise leave alone.
@@ -87,6 +91,7 @@ class ExposurePolicy:
     highlight_quantile: float = 0.99
     t_min: float = 1e-3
     metering: str = "mean"
+    highlight_spot: int | None = None  # None: h is the quantile; k: h is the brightest k x k spot (spot_highlight)
 
     def __post_init__(self) -> None:
         if self.metering not in METERINGS:
@@ -97,6 +102,8 @@ class ExposurePolicy:
             raise ValueError(f"the exposure headroom must be >= 0 EV (or None: no limit), got {self.headroom_ev}")
         if not 0.5 <= self.highlight_quantile <= 1.0:
             raise ValueError(f"the highlight quantile must be in [0.5, 1], got {self.highlight_quantile}")
+        if self.highlight_spot is not None and self.highlight_spot < 1:
+            raise ValueError(f"the highlight spot must be at least 1 pixel across (or None), got {self.highlight_spot}")
 
     def gain(self, y: torch.Tensor, exposure_bias: float = 0.0) -> torch.Tensor:
         """The per-image gain ``g`` (shape ``[N, 1, 1, 1]``) for a batch ``y`` in [0, 1] (sRGB); with
@@ -111,7 +118,9 @@ class ExposurePolicy:
                 level = y.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
             g = self.target / level
             if self.headroom_ev is not None:
-                g = torch.minimum(g, 2.0 ** self.headroom_ev / highlight(y, self.highlight_quantile))
+                h = (spot_highlight(y, self.highlight_spot) if self.highlight_spot is not None
+                     else highlight(y, self.highlight_quantile))
+                g = torch.minimum(g, 2.0 ** self.headroom_ev / h)
             g = torch.clamp(g, 1.0, 1.0 / self.t_min)
         return g * 2.0 ** exposure_bias if exposure_bias else g
 
@@ -134,3 +143,19 @@ def highlight(y: torch.Tensor, quantile: float) -> torch.Tensor:
     value = grid.kthvalue(k, dim=1).values.to(y.dtype)
     return value.clamp_min(1.0 / 255).view(-1, 1, 1, 1)
 
+
+
+def spot_highlight(y: torch.Tensor, spot: int) -> torch.Tensor:
+    """Per image, the brightest ``spot`` x ``spot`` square of the per-pixel channel maximum, read as its
+    darkest pixel (shape ``[N, 1, 1, 1]``), floored at one 8-bit level.
+
+    A light is what fills such a square: a lamp counts however small a share of the frame it covers
+    (a quantile misses a few street lights in a large night photo), while a lone hot pixel or a glint
+    thinner than the square does not. A grey erosion (the minimum over the square) then the maximum
+    over the image; edges are replicated, so a light in a corner counts and a tiny image still works.
+    """
+    peak = y.detach().amax(dim=1, keepdim=True).float()
+    if spot > 1:
+        before, after = (spot - 1) // 2, spot // 2
+        peak = -F.max_pool2d(-F.pad(peak, (before, after, before, after), mode="replicate"), spot, stride=1)
+    return peak.amax(dim=(2, 3), keepdim=True).to(y.dtype).clamp_min(1.0 / 255)

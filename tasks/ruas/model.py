@@ -47,12 +47,13 @@ STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as re
 
 
 def exposure_policy(key: float, headroom_ev: float | None = None, highlight_quantile: float = 0.99,
-                    t_min: float = T_MIN, metering: str = "mean") -> ExposurePolicy | None:
+                    t_min: float = T_MIN, metering: str = "mean",
+                    highlight_spot: int | None = None) -> ExposurePolicy | None:
     """The global exposure step for a network's options (:mod:`nasflow.tasks.ruas.exposure`); None at ``key = 0``."""
     if not key:
         return None
     return ExposurePolicy(target=key, headroom_ev=headroom_ev, highlight_quantile=highlight_quantile, t_min=t_min,
-                          metering=metering)
+                          metering=metering, highlight_spot=highlight_spot)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class RUASNet(Supernet):
         exposure_headroom_ev: float | None = None,
         exposure_highlight: float = 0.99,
         exposure_metering: str = "mean",
+        exposure_highlight_spot: int | None = None,
         denoise: str = "none",
         denoise_radius: int = 1,
     ) -> None:
@@ -168,7 +170,7 @@ class RUASNet(Supernet):
         self.denoise = denoise
         self.denoise_radius = denoise_radius
         self.exposure = exposure_policy(float(exposure_key), exposure_headroom_ev, exposure_highlight, self.t_min,
-                                        exposure_metering)
+                                        exposure_metering, exposure_highlight_spot)
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
         if use_nrm:
             self.nrm_stem = tag(nn.Conv2d(3, nrm_channels, 3, padding=1, bias=True), "nrm")

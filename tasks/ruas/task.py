@@ -68,6 +68,9 @@ class RUASOptions:
     # exposure_highlight quantile of the channel maximum) at most this many stops past full scale (None: no limit)
     exposure_headroom_ev: float | None = field(default=None, metadata={"min": 0.0})
     exposure_highlight: float = field(default=0.99, metadata={"min": 0.5, "max": 1.0})
+    # the highlights read as the brightest square of this many pixels a side (a light however few pixels it
+    # covers; a lone hot pixel is not one) instead of the exposure_highlight quantile (None)
+    exposure_highlight_spot: int | None = field(default=None, metadata={"min": 1})
     # what exposure_key is compared with: the mean of the sRGB values, or Reinhard et al. 2002's log-average of the
     # linear luminance (exposure_key 0.18), the gain then applied in linear light
     exposure_metering: str = field(default="mean", metadata={"choices": ("mean", "reinhard")})
@@ -222,7 +225,8 @@ class RUASTask(Task):
         return RUASNet(iem_stages=o.iem_stages, nrm_cells=o.nrm_cells, nrm_channels=o.nrm_channels, use_nrm=o.use_nrm,
                        warm_start=o.warm_start, exposure_key=o.exposure_key,
                        exposure_headroom_ev=o.exposure_headroom_ev, exposure_highlight=o.exposure_highlight,
-                       exposure_metering=o.exposure_metering, denoise=o.denoise, denoise_radius=o.denoise_radius)
+                       exposure_metering=o.exposure_metering, exposure_highlight_spot=o.exposure_highlight_spot,
+                       denoise=o.denoise, denoise_radius=o.denoise_radius)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""

@@ -8,11 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from nasflow.tasks.ruas.exposure import ExposurePolicy, highlight, linear_to_srgb, srgb_to_linear
+from nasflow.tasks.ruas.exposure import ExposurePolicy, highlight, linear_to_srgb, spot_highlight, srgb_to_linear
 from nasflow.tasks.ruas.model import WholeImageStep
 
 SCENE = ExposurePolicy(target=0.35, headroom_ev=0.5)
 KEY = ExposurePolicy(target=0.46)
+SPOT = ExposurePolicy(target=0.35, headroom_ev=0.0, highlight_spot=3)  # ruas-auto's
 REINHARD = ExposurePolicy(target=0.18, metering="reinhard")
 
 
@@ -100,7 +101,7 @@ def test_output_mean_is_monotone_in_the_input_exposure(seed: int, light: float, 
     """The same scene at several exposures: a brighter exposure never gives a darker result."""
     scene = _textured(0.3, seed, (24, 24))
     scene[..., : int(24 * light) + 1, :3] = 1.0  # some lights (up to ~2.5 % of the pixels)
-    for policy in (SCENE, KEY):
+    for policy in (SCENE, KEY, SPOT):
         means = [policy((scene * s).clamp(0, 1)).mean().item() for s in sorted(scales)]
         assert all(b >= a - 1e-5 for a, b in zip(means, means[1:])), (policy, sorted(scales), means)
 
@@ -115,7 +116,7 @@ def test_highlight_quantile_subsamples_large_images_consistently() -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"target": 0.0}, "target"), ({"target": 1.5}, "target"),
     ({"target": 0.3, "headroom_ev": -1.0}, "headroom"), ({"target": 0.3, "highlight_quantile": 0.2}, "quantile"),
-    ({"target": 0.3, "metering": "spot"}, "metering"),
+    ({"target": 0.3, "metering": "spot"}, "metering"), ({"target": 0.3, "highlight_spot": 0}, "spot"),
 ])
 def test_bad_policies_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -126,3 +127,63 @@ def test_black_image_stays_finite() -> None:
     out = SCENE(torch.zeros(1, 3, 8, 8))
     assert torch.isfinite(out).all() and out.max().item() == 0.0
     assert math.isfinite(SCENE.gain(torch.zeros(1, 3, 8, 8)).item())
+
+
+def _night_with_lamps(size: tuple[int, int], lamps: list[tuple[int, int]], radius: int = 2) -> torch.Tensor:
+    night = torch.full((1, 3, *size), 0.03)
+    for cy, cx in lamps:
+        night[..., cy - radius : cy + radius + 1, cx - radius : cx + radius + 1] = torch.tensor([1.0, 0.9, 0.7]).view(
+            1, 3, 1, 1)
+    return night
+
+
+def test_a_few_small_lamps_hold_the_gain_however_small_a_share_of_the_frame() -> None:
+    """Four 5x5 lamps in a 600x800 night: 0.02 % of the pixels. The brightest 1 % misses them and the
+    night would be lifted to the target; the brightest 3x3 spot finds them and leaves it as it is."""
+    night = _night_with_lamps((600, 800), [(100, 100), (100, 700), (500, 300), (400, 650)])
+    assert SPOT.gain(night).item() == pytest.approx(1.0)
+    quantile = ExposurePolicy(target=0.35, headroom_ev=0.0)
+    assert quantile.gain(night).item() > 10  # the failure the spot reading removes
+    assert spot_highlight(night, 3).item() == pytest.approx(1.0)
+
+
+def test_a_lone_hot_pixel_or_a_thin_glint_is_not_a_light() -> None:
+    dark = torch.full((1, 3, 60, 80), 0.02)
+    dark[..., 30, 40] = 1.0  # a hot pixel
+    dark[..., 10, 5:40] = 1.0  # a one-pixel-wide glint
+    dark[..., 40:42, 60:62] = 1.0  # a 2x2 speck
+    assert spot_highlight(dark, 3).item() == pytest.approx(0.02)
+    assert SPOT.gain(dark).item() == pytest.approx(0.35 / dark.mean().item(), rel=1e-5)
+    dark[..., 50:53, 10:13] = 0.5  # a 3x3 light at half scale: one stop of room
+    assert spot_highlight(dark, 3).item() == pytest.approx(0.5)
+    assert SPOT.gain(dark).item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("corner", [(0, 0), (0, -3), (-3, 0), (-3, -3)])
+def test_a_light_in_a_corner_counts(corner: tuple[int, int]) -> None:
+    dark = torch.full((1, 3, 20, 30), 0.02)
+    r, c = corner
+    dark[..., r % 20 : r % 20 + 3, c % 30 : c % 30 + 3] = 0.8
+    assert spot_highlight(dark, 3).item() == pytest.approx(0.8)
+
+
+def test_spot_highlight_on_tiny_images_and_per_image_in_a_batch() -> None:
+    assert spot_highlight(torch.full((1, 3, 1, 1), 0.5), 3).item() == pytest.approx(0.5)
+    assert spot_highlight(torch.full((1, 3, 2, 2), 0.5), 5).item() == pytest.approx(0.5)
+    batch = torch.full((2, 3, 16, 16), 0.1)
+    batch[0, :, 4:8, 4:8] = 0.9
+    assert spot_highlight(batch, 3).flatten().tolist() == pytest.approx([0.9, 0.1])
+    assert spot_highlight(torch.zeros(1, 3, 8, 8), 3).item() == pytest.approx(1 / 255)
+    assert spot_highlight(batch, 1).flatten().tolist() == pytest.approx([0.9, 0.1])  # 1: the plain maximum
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+def test_the_spot_policy_traces_for_any_size() -> None:
+    def expose(y: torch.Tensor) -> torch.Tensor:
+        return SPOT(y)
+
+    traced = torch.jit.trace(expose, (_night_with_lamps((40, 60), [(20, 30)]),))
+    for size in ((40, 60), (33, 91)):
+        night = _night_with_lamps(size, [(10, 10)])
+        night[..., 10:13, 10:13] = 0.25
+        assert torch.allclose(traced(night), SPOT(night))
