@@ -66,7 +66,9 @@ class FastRUAS(nn.Module):
         self.iem_cells = inner.iem_cells
         self.use_nrm = bool(inner.use_nrm)
         self.warm_start = bool(getattr(inner, "warm_start", True))
-        self.t_min = float(getattr(inner, "t_min", T_MIN))
+        # inference only: a network's lift cap (RUASNet max_lift_ev) is its clamp here
+        floor = getattr(inner, "lift_floor", None)
+        self.t_min = float(getattr(inner, "t_min", T_MIN) if floor is None else floor)
         self.exposure = getattr(inner, "exposure", None)  # the global exposure policy (None: off)
         self.denoise = str(getattr(inner, "denoise", "none"))
         self.denoise_radius = int(getattr(inner, "denoise_radius", 1))

@@ -126,6 +126,11 @@ class RUASNet(Supernet):
     (ModuleList), ``nrm_out``. The stem and out convs are tagged ``nrm`` so that they train with
     the NRM weights. ``use_nrm=False`` is RUAS_i (IEM only): ``n`` is zeros and ``out == u``.
     ``t_min``: the illumination's lower clamp (a class attribute: releases differ in it).
+    ``max_lift_ev``: when given, the illumination of the network in eval mode is clamped to at least
+    ``2 ** -max_lift_ev``, so the IEM lifts the exposed image by at most that many stops whatever its
+    weights learned (``ruas-auto``: one stop, its exposure target's cap, so that a night scene's
+    background at most doubles). Training keeps the released clamp: a clamp at 0.5 would sit at the
+    sigmoid's starting point, where half the maps would start with no gradient.
     """
 
     t_min: float = T_MIN
@@ -145,6 +150,7 @@ class RUASNet(Supernet):
         exposure_highlight: float = 0.99,
         exposure_metering: str = "mean",
         exposure_highlight_spot: int | None = None,
+        max_lift_ev: float | None = None,
         denoise: str = "none",
         denoise_radius: int = 1,
     ) -> None:
@@ -155,6 +161,8 @@ class RUASNet(Supernet):
             raise ValueError(f"denoise_radius must be at least 1, got {denoise_radius}")
         if not 0.0 <= exposure_key <= 1.0:
             raise ValueError(f"exposure_key must be in [0, 1] (0: off), got {exposure_key}")
+        if max_lift_ev is not None and not max_lift_ev > 0:
+            raise ValueError(f"max_lift_ev must be positive (or None: no cap), got {max_lift_ev}")
         if iem_stages < 1:
             raise ValueError(f"iem_stages must be at least 1, got {iem_stages}")
         if iem_channels != 3:
@@ -171,6 +179,7 @@ class RUASNet(Supernet):
         self.denoise_radius = denoise_radius
         self.exposure = exposure_policy(float(exposure_key), exposure_headroom_ev, exposure_highlight, self.t_min,
                                         exposure_metering, exposure_highlight_spot)
+        self.lift_floor = None if max_lift_ev is None else max(self.t_min, 2.0 ** -max_lift_ev)
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
         if use_nrm:
             self.nrm_stem = tag(nn.Conv2d(3, nrm_channels, 3, padding=1, bias=True), "nrm")
@@ -215,12 +224,13 @@ class RUASNet(Supernet):
     def _unroll(self, y: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         ts: list[torch.Tensor] = []
         u = y
+        t_min = self.t_min if self.training or self.lift_floor is None else self.lift_floor
         for k, cell in enumerate(self.iem_cells):
             if k == 0:
                 x = max_filter2x2(y) if self.warm_start else y
             else:
                 x = max_filter2x2(u) - STEP * (u - y)
-            t = torch.clamp(torch.sigmoid(cell(x)), self.t_min, 1.0)
+            t = torch.clamp(torch.sigmoid(cell(x)), t_min, 1.0)
             u = torch.clamp(y / t, 0.0, 1.0)
             ts.append(t)
         return u, ts

@@ -76,6 +76,9 @@ class RUASOptions:
     exposure_metering: str = field(default="mean", metadata={"choices": ("mean", "reinhard")})
     # the IEM's exposure target lifts a region by at most this many stops (None: no cap); see losses.exposure_target
     exposure_max_lift_ev: float | None = field(default=None, metadata={"min": 0.0})
+    # the network's own cap at inference: the illumination is clamped to at least 2 ** -iem_max_lift_ev, so the IEM
+    # lifts by at most this many stops whatever its weights (None: the released clamp, 0.001; training keeps it)
+    iem_max_lift_ev: float | None = field(default=None, metadata={"min": 0.01})
     # after the network: Lee's local-statistics filter at the noise the lift gave the input's noise ("lee"; no
     # parameters, nasflow.tasks.ruas.denoise) or nothing ("none", released); its window is (2 radius + 1)^2
     denoise: str = field(default="none", metadata={"choices": ("none", "lee")})
@@ -226,7 +229,7 @@ class RUASTask(Task):
                        warm_start=o.warm_start, exposure_key=o.exposure_key,
                        exposure_headroom_ev=o.exposure_headroom_ev, exposure_highlight=o.exposure_highlight,
                        exposure_metering=o.exposure_metering, exposure_highlight_spot=o.exposure_highlight_spot,
-                       denoise=o.denoise, denoise_radius=o.denoise_radius)
+                       max_lift_ev=o.iem_max_lift_ev, denoise=o.denoise, denoise_radius=o.denoise_radius)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""

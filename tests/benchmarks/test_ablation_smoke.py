@@ -116,7 +116,7 @@ def test_arms_train_under_the_ruas_auto_recipe(smoke) -> None:
 
     work, _ = smoke
     recipe = yaml.safe_load((ROOT / "tasks" / "ruas" / "models" / "ruas-auto.yaml").read_text())["task_options"]
-    keys = ("exposure_key", "exposure_headroom_ev", "exposure_highlight", "fidelity_target", "fidelity_stages",
+    keys = ("exposure_key", "exposure_headroom_ev", "exposure_highlight_spot", "fidelity_target", "fidelity_stages",
             "exposure_luminance", "exposure_level", "exposure_power", "exposure_sigma", "exposure_max_lift_ev",
             "smooth_weight")
     for arm, nrm in (("cooperative", True), ("paper", True), ("paper-iem-only", False)):

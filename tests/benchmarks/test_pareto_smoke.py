@@ -54,7 +54,10 @@ def test_every_arm_ran_and_the_randoms_match_the_searched_latency(smoke: Path) -
         assert results[(run.split("/")[0], 0)]["predicted_ms"] == pytest.approx(m["target_ms"])
     cfg = yaml.safe_load((smoke / "search-w1" / "seed0" / "search" / "config.yaml").read_text())
     assert cfg["search"]["cost"]["weight"] == 1.0 and cfg["search"]["cost"]["metric"] == "latency"
-    assert cfg["task_options"]["use_nrm"] is False and cfg["task_options"]["exposure_key"] == 0.46  # the recipe
+    recipe = yaml.safe_load((ROOT / "tasks" / "ruas" / "models" / "ruas-auto.yaml").read_text())["task_options"]
+    assert cfg["task_options"]["use_nrm"] is False
+    assert {k: cfg["task_options"][k] for k in ("exposure_key", "exposure_highlight_spot")} == {
+        k: recipe[k] for k in ("exposure_key", "exposure_highlight_spot")}  # the recipe
     history = json.loads((smoke / "search-w1" / "seed0" / "search" / "search_history.json").read_text())
     assert any("cost/iem/expected_ms" in e for e in history)
     for arm, ops in (("conv3x3", {"conv_3x3"}), ("search-w0", None)):

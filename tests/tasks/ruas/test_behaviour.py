@@ -44,23 +44,36 @@ def _exposed(rgb: np.ndarray, stops: float) -> np.ndarray:
     return _linear_to_srgb(_srgb_to_linear(rgb) * 2.0 ** stops).astype(np.float32)
 
 
-def night_scene(size: tuple[int, int] = (120, 160), seed: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """A dark, slightly noisy background (mean ~0.04) with four lamps: warm discs 9 px across at full
-    scale, each with a short fall-off, about 1.5 % of the frame."""
+LAMPS = [(30, 40), (30, 120), (85, 60), (90, 130)]  # four lamps in a 120x160 frame, about 1.5 % of it
+
+
+def night_scene(size: tuple[int, int] = (120, 160), seed: int = 0, lamps: list[tuple[int, int]] = LAMPS,
+                radius: float = 4.5, noise: float = 0.004) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A dark, slightly noisy background (mean ~0.04) with warm lamps: discs ``2 radius`` px across at
+    full scale, each with a short fall-off."""
     rng = np.random.default_rng(seed)
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     sky = 0.025 + 0.03 * yy / h  # a little brighter towards the ground
     img = np.repeat(sky[..., None], 3, axis=2) * np.array([0.9, 0.95, 1.1], np.float32)
-    img += rng.normal(0, 0.004, img.shape).astype(np.float32)
-    lamps = [(30, 40), (30, 120), (85, 60), (90, 130)]
+    img += rng.normal(0, noise, img.shape).astype(np.float32)
     for cy, cx in lamps:
         d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
-        core = np.clip(5.0 - d, 0, 1)  # radius 4.5 px, anti-aliased
-        falloff = np.exp(-np.maximum(d - 4.5, 0) ** 2 / (2 * 1.5**2)) * (d > 4.5)
+        core = np.clip(radius + 0.5 - d, 0, 1)  # anti-aliased
+        falloff = np.exp(-np.maximum(d - radius, 0) ** 2 / (2 * 1.5**2)) * (d > radius)
         light = np.maximum(core, 0.8 * falloff)[..., None] * np.array([1.0, 0.92, 0.75], np.float32)
         img = np.maximum(img, light)
     return np.clip(img, 0, 1).astype(np.float32), lamps
+
+
+# (size, lamps, radius, noise): the four-lamp scene; a few street lights far apart in a larger frame, a few
+# hundredths of a percent of it (the brightest 1 % of the pixels is sky there); one small lamp; a noisier sky
+NIGHTS = {
+    "four lamps": ((120, 160), LAMPS, 4.5, 0.004),
+    "street lights": ((360, 540), [(60, 80), (70, 270), (65, 460), (250, 150), (260, 400)], 3, 0.004),
+    "one lamp": ((240, 320), [(80, 200)], 2, 0.004),
+    "noisy sky": ((200, 300), [(50, 60), (60, 240), (150, 150)], 3, 0.01),
+}
 
 
 def _ring(shape: tuple[int, int], centres: list[tuple[int, int]], inner: float, outer: float) -> np.ndarray:
@@ -69,25 +82,44 @@ def _ring(shape: tuple[int, int], centres: list[tuple[int, int]], inner: float, 
     return (d >= inner) & (d < outer)
 
 
-def test_a_night_scene_stays_a_night(enhancer) -> None:  # noqa: ANN001
-    scene, lamps = night_scene()
+@pytest.mark.parametrize("night", NIGHTS)
+def test_a_night_scene_stays_a_night(enhancer, night: str) -> None:  # noqa: ANN001
+    size, lamps, radius, noise = NIGHTS[night]
+    scene, lamps = night_scene(size, lamps=lamps, radius=radius, noise=noise)
     out = enhancer.enhance_rgb(scene)
-    background = _ring(scene.shape[:2], lamps, 16, 1e9)
+    background = _ring(scene.shape[:2], lamps, radius + 12, 1e9)
     gain = out[background].mean() / scene[background].mean()
     assert gain <= 2.0, f"the background brightened {gain:.2f}x (a night must stay a night: at most 2x)"
     # no glow: 3-12 px beyond each lamp's edge the output is no brighter, relative to the input, than the
     # background is; the lamps themselves stay lamps
-    ring = _ring(scene.shape[:2], lamps, 4.5 + 3, 4.5 + 12)
+    ring = _ring(scene.shape[:2], lamps, radius + 3, radius + 12)
     excess_out = out[ring].mean() - out[background].mean()
     excess_in = scene[ring].mean() - scene[background].mean()
     assert excess_out <= gain * excess_in + 2 / 255, (excess_out, excess_in, gain)
-    cores = _ring(scene.shape[:2], lamps, 0, 3)
+    cores = _ring(scene.shape[:2], lamps, 0, radius - 1.5)
     assert out[cores].mean() >= 0.9 * scene[cores].mean()
 
 
-@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def _soft_texture(mean: float, peak: float, size: tuple[int, int] = (200, 300), seed: int = 0) -> np.ndarray:
+    """A smooth, colourful, normally exposed picture with no highlight near full scale (its brightest
+    pixel ``peak``): nothing stops an exposure step from lifting it but the photo's own mean."""
+    from skimage.filters import gaussian
+
+    rng = np.random.default_rng(seed)
+    x = gaussian(rng.random((*size, 3)), sigma=8, channel_axis=2)
+    x = (x - x.min()) / (x.max() - x.min())
+    return np.clip(x / x.mean() * mean, 0, peak).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "coins", "soft 0.36", "soft 0.45"])
 def test_a_well_exposed_photo_keeps_its_mean(enhancer, name: str) -> None:  # noqa: ANN001
-    photo = _photo(name)
+    """Photos and pictures of mean above 0.35, with highlights at full scale or (coins, the soft
+    textures) well below it."""
+    if name.startswith("soft"):
+        photo = _soft_texture(float(name.split()[1]), peak=0.75)
+    else:
+        photo = _photo(name)
+        photo = np.repeat(photo[..., None], 3, axis=2) if photo.ndim == 2 else photo
     assert photo.mean() > 0.35  # normally exposed
     out = enhancer.enhance_rgb(photo)
     assert abs(out.mean() / photo.mean() - 1) <= 0.10, (name, photo.mean(), out.mean())

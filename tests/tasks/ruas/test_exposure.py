@@ -168,8 +168,10 @@ def test_a_light_in_a_corner_counts(corner: tuple[int, int]) -> None:
 
 
 def test_spot_highlight_on_tiny_images_and_per_image_in_a_batch() -> None:
-    assert spot_highlight(torch.full((1, 3, 1, 1), 0.5), 3).item() == pytest.approx(0.5)
-    assert spot_highlight(torch.full((1, 3, 2, 2), 0.5), 5).item() == pytest.approx(0.5)
+    # an image smaller than the square holds no light: it is exposed by its mean alone
+    assert spot_highlight(torch.full((1, 3, 1, 1), 0.5), 3).item() == pytest.approx(1 / 255)
+    assert spot_highlight(torch.full((1, 3, 2, 2), 0.5), 5).item() == pytest.approx(1 / 255)
+    assert spot_highlight(torch.full((1, 3, 3, 3), 0.5), 3).item() == pytest.approx(0.5)
     batch = torch.full((2, 3, 16, 16), 0.1)
     batch[0, :, 4:8, 4:8] = 0.9
     assert spot_highlight(batch, 3).flatten().tolist() == pytest.approx([0.9, 0.1])

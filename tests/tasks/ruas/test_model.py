@@ -235,3 +235,37 @@ def test_exposure_key_is_checked_and_makes_the_network_untileable() -> None:
         RUASNet(exposure_key=1.5)
     with pytest.raises(NotTileable, match="whole image"):
         RUASNet(exposure_key=0.46).halo()
+
+
+# -- the IEM's lift cap (max_lift_ev) ----------------------------------------------------------------
+def test_max_lift_ev_caps_the_iem_lift_whatever_the_weights() -> None:
+    """Weights that drive every illumination to its clamp: the released clamp lifts a dark pixel
+    1000x, the capped network at most 2x (one stop), in the module and in the fast path alike."""
+    from nasflow.tasks.ruas.fast import fast_ruas
+
+    torch.manual_seed(0)
+    capped = compile_model(RUASNet(use_nrm=False, max_lift_ev=1.0), paper_genotype(False)).eval()
+    free = compile_model(RUASNet(use_nrm=False), paper_genotype(False)).eval()
+    with torch.no_grad():
+        for p in capped.parameters():
+            p.fill_(0.0)
+        for cell in capped.iem_cells:  # a large negative bias on the last conv: sigmoid -> 0
+            last = [m for m in cell.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            last.bias.fill_(-30.0)
+    free.load_state_dict(capped.state_dict())
+    y = torch.full((1, 3, 16, 20), 0.01)
+    with torch.no_grad():
+        assert capped(y).out.max().item() == pytest.approx(0.02, rel=1e-5)
+        assert free(y).out.min().item() == pytest.approx(1.0)  # 0.01 / 0.001, clipped
+        assert fast_ruas(capped)(y).max().item() == pytest.approx(0.02, rel=1e-5)
+    assert capped.lift_floor == 0.5 and free.lift_floor is None
+    capped.train()  # training keeps the released clamp: the maps are not stuck at 0.5 without a gradient
+    assert capped(y).out.min().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="max_lift_ev"):
+        RUASNet(max_lift_ev=0.0)
+
+
+def test_max_lift_ev_leaves_the_exposure_gain_alone() -> None:
+    net = RUASNet(use_nrm=False, exposure_key=0.46, max_lift_ev=1.0)
+    dark = torch.full((1, 3, 8, 8), 0.01)
+    assert net.expose(dark).mean().item() == pytest.approx(0.46, rel=1e-5)  # a 46x gain: not capped at 2x
