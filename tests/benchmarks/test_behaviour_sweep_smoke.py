@@ -3,21 +3,14 @@ keeps it, writes its report and refuses an unknown model with a message."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
+from bench_loader import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("behaviour_sweep", ROOT / "benchmarks" / "behaviour_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["behaviour_sweep"] = module
-    spec.loader.exec_module(module)
-    return module
+def _module():  # noqa: ANN202
+    return load_benchmark("behaviour_sweep")
 
 
 def test_a_global_gain_breaks_the_night_promise_and_the_identity_keeps_it() -> None:

@@ -3,22 +3,14 @@ and a clean skip when the data folder is absent."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_loader import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("real_photos", ROOT / "benchmarks" / "real_photos.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["real_photos"] = module
-    spec.loader.exec_module(module)
-    return module
+def _module():  # noqa: ANN202
+    return load_benchmark("real_photos")
 
 
 def test_dark_noise_figure_sees_noise_lifted_out_of_the_dark() -> None:
