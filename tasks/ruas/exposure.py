@@ -144,7 +144,6 @@ def highlight(y: torch.Tensor, quantile: float) -> torch.Tensor:
     return value.clamp_min(1.0 / 255).view(-1, 1, 1, 1)
 
 
-
 def spot_highlight(y: torch.Tensor, spot: int) -> torch.Tensor:
     """Per image, the brightest ``spot`` x ``spot`` square of the per-pixel channel maximum, read as its
     darkest pixel (shape ``[N, 1, 1, 1]``), floored at one 8-bit level.
