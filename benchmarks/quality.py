@@ -228,6 +228,16 @@ def environment() -> str:
             f"code at commit {commit}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
+def publish(body: str, title: str, command: str, out: Path | None) -> None:
+    """Print ``body``; with ``out``, also write it there under ``title``, the command and the environment."""
+    print(body, end="")
+    if out is not None:
+        header = f"# {title}\n\nCommand: `{command}`\n\nEnvironment: {environment()}\n\n"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(header + body, encoding="utf-8")
+        print(f"wrote {out}")
+
+
 # --- command line ----------------------------------------------------------------------------------
 def _named_folder(text: str) -> tuple[str, Path]:
     name, sep, folder = text.partition("=")
@@ -299,13 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              "Brightness err: mean(output) - mean(GT) in 8-bit levels. 'ref:' rows are read from the data "
              f"README (PSNR / SSIM only). Releases: {_shown(releases) if releases else 'none'}.\n\n"
              f"{len(models)} rows x {len(sets)} sets in {elapsed:.1f} s (seconds per row: {', '.join(seconds)}).")
-    body = "\n\n".join(parts) + "\n\n" + notes + "\n"
-    print(body, end="")
-    if args.out is not None:
-        header = f"# Quality on paired sets\n\nCommand: `{command}`\n\nEnvironment: {environment()}\n\n"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(header + body, encoding="utf-8")
-        print(f"wrote {args.out}")
+    publish("\n\n".join(parts) + "\n\n" + notes + "\n", "Quality on paired sets", command, args.out)
     return 0
 
 

@@ -206,14 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{', '.join(f'{s} {len(data[s])} pairs' for s in sets)}. Seed 0 is the shipped file; the "
              f"training time is the run's own (`metrics.json`). Releases: "
              f"{quality._shown(releases) if releases else 'none'}. Scored in {time.perf_counter() - started:.0f} s.")
-    body = "\n\n".join(parts) + "\n\n" + notes + "\n"
-    print(body, end="")
-    if args.out is not None:
-        header = (f"# The shipped RUAS models over seeds\n\nCommand: `{command}`\n\n"
-                  f"Environment: {quality.environment()}\n\n")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(header + body, encoding="utf-8")
-        print(f"wrote {args.out}")
+    quality.publish("\n\n".join(parts) + "\n\n" + notes + "\n", "The shipped RUAS models over seeds", command,
+                    args.out)
     return 0
 
 
