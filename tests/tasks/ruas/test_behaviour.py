@@ -11,26 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nasflow.cli import main
 from nasflow.errors import ConfigError
 from nasflow.infer.inference import load_model
 from nasflow.infer.models import default_model_name
+from nasflow.tasks.ruas.exposure import linear_to_srgb, srgb_to_linear
 
 
 @pytest.fixture(scope="module", params=["default", "ruas-fast"])
 def enhancer(request):  # noqa: ANN001, ANN201
     """The default model, and ruas-fast, whose card claims the default's behaviour on a searched cell."""
     return load_model(default_model_name() if request.param == "default" else request.param, device="cpu")
-
-
-def _srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0, 1)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
 
 
 def _photo(name: str) -> np.ndarray:
@@ -41,7 +34,7 @@ def _photo(name: str) -> np.ndarray:
 
 def _exposed(rgb: np.ndarray, stops: float) -> np.ndarray:
     """The same photo ``stops`` EV brighter or darker: a gain in linear light, re-encoded to sRGB."""
-    return _linear_to_srgb(_srgb_to_linear(rgb) * 2.0 ** stops).astype(np.float32)
+    return linear_to_srgb(srgb_to_linear(torch.from_numpy(rgb)) * 2.0 ** stops).numpy().astype(np.float32)
 
 
 LAMPS = [(30, 40), (30, 120), (85, 60), (90, 130)]  # four lamps in a 120x160 frame, about 1.5 % of it
