@@ -79,7 +79,7 @@ def spread(values: Sequence[float], fmt: str = ".2f") -> str:
     """``mean ± sd [min, max]`` (sample standard deviation; just the value for one seed)."""
     if len(values) == 1:
         return f"{values[0]:{fmt}}"
-    return (f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):{fmt}} "
+    return (f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):{fmt.lstrip('+')}} "
             f"[{min(values):{fmt}}, {max(values):{fmt}}]")
 
 
