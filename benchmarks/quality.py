@@ -17,6 +17,11 @@ rounded; scikit-image SSIM with channel_axis=2, data_range=255; means over image
 * the brightness error, ``mean(output) - mean(GT)`` in 8-bit levels (signed, with its
   interval), and its mean absolute value.
 
+With releases, a last table per set puts each nasflow model against the best release there (the
+highest mean PSNR, and the highest mean GT-mean PSNR): the mean of the per-image differences with a
+paired bootstrap interval (the same images resampled for both), which says more than two
+overlapping intervals do, since both models' figures move together with the images drawn.
+
 Models run through ``nasflow.load_model(...).enhance_rgb`` (the path users run, tiles
 included). The reference rows (PSNR / SSIM of other released methods) are read from the data
 folder's README, never typed here. Skips cleanly (exit 0, one line) without any paired set.
@@ -141,6 +146,33 @@ def score(enhancer, folder: Path) -> tuple[float, float, int]:  # noqa: ANN001
     return float(np.mean([s.psnr for s in scores])), float(np.mean([s.ssim for s in scores])), len(scores)
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """``model - reference`` over the same images: the mean difference and its paired bootstrap interval."""
+
+    reference: str
+    reference_mean: float
+    mean: float
+    ci: tuple[float, float]
+
+
+def paired_difference(model: Sequence[ImageScore], references: dict[str, Sequence[ImageScore]], field: str,
+                      resamples: int = RESAMPLES, seed: int = SEED) -> PairedDifference:
+    """``model`` against the reference with the highest mean ``field`` (``"psnr"`` or ``"gt_mean_psnr"``):
+    per image ``model - reference``, resampled by image (percentile bootstrap of the mean difference)."""
+    from nasflow.tasks.ruas.metrics import bootstrap_interval
+
+    def mean(scores: Sequence[ImageScore]) -> float:
+        return float(np.mean([getattr(x, field) for x in scores]))
+
+    best = max(references, key=lambda label: mean(references[label]))
+    if [x.name for x in model] != [x.name for x in references[best]]:
+        raise ValueError("paired differences need the same images in the same order")
+    diffs = [getattr(a, field) - getattr(b, field) for a, b in zip(model, references[best])]
+    return PairedDifference(best, mean(references[best]), float(np.mean(diffs)),
+                            bootstrap_interval(diffs, resamples=resamples, seed=seed))
+
+
 # --- rows ------------------------------------------------------------------------------------------
 def identity(rgb: np.ndarray) -> np.ndarray:
     """The input unchanged: the row every enhancer has to beat."""
@@ -195,13 +227,36 @@ def table_row(label: str, s: Summary) -> list[str]:
             _ci(s.brightness_error_ci, "+.1f"), f"{s.abs_brightness_error:.1f}"]
 
 
-def markdown_table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(COLUMNS[i]), *(len(r[i]) for r in rows)) for i in range(len(COLUMNS))]
+def markdown_table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUMNS) -> str:
+    """A markdown table, its columns padded to their widest cell (readable as plain text too)."""
+    widths = [max(len(columns[i]), *(len(r[i]) for r in rows)) for i in range(len(columns))]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)) + " |"
 
-    return "\n".join([line(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+DIFFERENCE_COLUMNS = ("set", "model", "best release in PSNR", "PSNR difference [95% CI]",
+                      "best release in GT-mean PSNR", "GT-mean PSNR difference [95% CI]")
+
+
+def difference_section(per_image: dict[str, dict[str, list[ImageScore]]], resamples: int) -> str:
+    """Each nasflow model against the best release of each set, in PSNR and in GT-mean PSNR (paired)."""
+    lines = []
+    for name, by_label in per_image.items():
+        releases = {label: scores for label, scores in by_label.items() if label.startswith("release ")}
+        for label, scores in by_label.items():
+            if not label.startswith("nasflow "):
+                continue
+            cells = [name, label.removeprefix("nasflow ")]
+            for field in ("psnr", "gt_mean_psnr"):
+                d = paired_difference(scores, releases, field, resamples)
+                cells += [f"{d.reference.removeprefix('release ')} ({d.reference_mean:.2f})",
+                          f"{d.mean:+.2f} {_ci(d.ci, '+.2f')}"]
+            lines.append(cells)
+    return ("## Against the best release per set (paired: per-image differences, model minus release)\n\n"
+            + markdown_table(lines, DIFFERENCE_COLUMNS))
 
 
 def _reference_cells(method: str, value: str) -> list[str]:
@@ -285,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = {name: read_pairs(folder) for name, folder in sets}
     releases = None if args.no_releases else args.releases or (DEFAULT_RELEASES if DEFAULT_RELEASES.is_dir() else None)
     rows: dict[str, list[list[str]]] = {name: [] for name, _ in sets}
+    per_image: dict[str, dict[str, list[ImageScore]]] = {name: {} for name, _ in sets}
     with tempfile.TemporaryDirectory(prefix="nasflow-quality-") as tmp:
         models: list[tuple[str, str | Path | None]] = [("input unchanged", None)]  # None: the identity
         models += [(f"nasflow {n}", n) for n in args.model or [n for n in MODELS.names() if ":" not in n]]
@@ -294,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row_started = time.perf_counter()
             enhance_rgb = identity if source is None else load_model(source, device="cpu").enhance_rgb
             for name, pairs in data.items():
-                rows[name].append(table_row(label, summarize(score_pairs(enhance_rgb, pairs), args.resamples)))
+                per_image[name][label] = score_pairs(enhance_rgb, pairs)
+                rows[name].append(table_row(label, summarize(per_image[name][label], args.resamples)))
             seconds.append(f"{label} {time.perf_counter() - row_started:.1f}")
     references = reference_rows(args.data / "README.md") if (args.data / "README.md").is_file() else []
     elapsed = time.perf_counter() - started
@@ -304,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = [_reference_cells(m, v[SETS.index(name)]) for m, v in references if v[SETS.index(name)]] \
             if name in SETS else []
         parts.append(f"## {name} ({len(data[name])} pairs, {_shown(folder)})\n\n{markdown_table(rows[name] + extra)}")
+    if any(label.startswith("release ") for label in per_image[sets[0][0]]):
+        parts.append(difference_section(per_image, args.resamples))
     notes = (f"Means over images; 95% intervals: percentile bootstrap over images ({args.resamples:,} resamples, "
              f"seed {SEED}). GT-mean PSNR: the output scaled by mean(GT)/mean(output), clipped, rounded, scored. "
              "Brightness err: mean(output) - mean(GT) in 8-bit levels. 'ref:' rows are read from the data "

@@ -83,15 +83,6 @@ def spread(values: Sequence[float], fmt: str = ".2f") -> str:
             f"[{min(values):{fmt}}, {max(values):{fmt}}]")
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
 def summaries(enhance_rgb, data: dict[str, list[quality.Pair]]) -> dict[str, quality.Summary]:  # noqa: ANN001
     """Per set, the means of ``quality.py``'s columns (its intervals are not used here: few resamples)."""
     return {s: quality.summarize(quality.score_pairs(enhance_rgb, pairs), resamples=200) for s, pairs in data.items()}
@@ -192,16 +183,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row += [f"{label.removeprefix('release ')} ({best:.2f})", f"{wins} of {len(args.seeds)}"]
             ahead.append(row)
 
-    parts = ["## Per seed (PSNR / GT-mean PSNR, dB)\n\n" + table(
-        ["model", "seed", "weights", *sets, "training (min)"], per_seed),
-        "## Over seeds (mean ± sample sd [min, max])\n\n" + table(
-            ["model", "set", "PSNR", "GT-mean PSNR", "SSIM", "brightness err (8-bit)"], over_seeds)]
-    parts.append("## The input and the released checkpoints, imported in this run (PSNR / GT-mean PSNR, dB)\n\n"
-                 + table(["baseline", *sets], release_rows))
+    table = quality.markdown_table
+    parts = [
+        "## Per seed (PSNR / GT-mean PSNR, dB)\n\n"
+        + table(per_seed, ["model", "seed", "weights", *sets, "training (min)"]),
+        "## Over seeds (mean ± sample sd [min, max])\n\n"
+        + table(over_seeds, ["model", "set", "PSNR", "GT-mean PSNR", "SSIM", "brightness err (8-bit)"]),
+        "## The input and the released checkpoints, imported in this run (PSNR / GT-mean PSNR, dB)\n\n"
+        + table(release_rows, ["baseline", *sets]),
+    ]
     if released:
         parts.append("## Seeds on which the shipped model is ahead of the best release on the set\n\n"
-                     + table(["model", "set", "best release, PSNR", "seeds ahead in PSNR",
-                              "best release, GT-mean PSNR", "seeds ahead in GT-mean PSNR"], ahead))
+                     + table(ahead, ["model", "set", "best release, PSNR", "seeds ahead in PSNR",
+                                     "best release, GT-mean PSNR", "seeds ahead in GT-mean PSNR"]))
     notes = (f"Data README protocol (8-bit RGB, rounded; scikit-image SSIM), means over each set's images, "
              f"{', '.join(f'{s} {len(data[s])} pairs' for s in sets)}. Seed 0 is the shipped file; the "
              f"training time is the run's own (`metrics.json`). Releases: "

@@ -102,7 +102,8 @@ def test_quality_tables_on_generated_pairs(tmp_path, capsys) -> None:
     assert quality.main(argv) == 0
     printed = capsys.readouterr().out
     tables = _tables(printed)
-    assert list(tables) == ["lol", "mit", "fivek_normal", "extra"]
+    assert list(tables) == ["lol", "mit", "fivek_normal", "extra", "Against"]
+    differences = tables.pop("Against")
     for name, (header, rows) in tables.items():
         assert header == list(quality.COLUMNS)
         labels = [r[0] for r in rows]
@@ -124,10 +125,26 @@ def test_quality_tables_on_generated_pairs(tmp_path, capsys) -> None:
         if refs:
             assert rows[4][col["PSNR"]] and rows[4][col["SSIM"]] and not rows[4][col["GT-mean PSNR"]]
     assert tables["lol"][1][5][1:4] == ["15.83", "", "0.722"]  # read from the README, the lol column
+    # paired differences: the model against the release with the best mean on each set, per column
+    header, rows = differences
+    assert header == list(quality.DIFFERENCE_COLUMNS)
+    assert [(r[0], r[1]) for r in rows] == [(n, "ruas-auto") for n in ("lol", "mit", "fivek_normal", "extra")]
+    for row in rows:
+        _, body = tables[row[0]]
+        col = {c: i for i, c in enumerate(quality.COLUMNS)}
+        model = next(r for r in body if r[0] == "nasflow ruas-auto")
+        for metric, best_cell, diff_cell in (("PSNR", 2, 3), ("GT-mean PSNR", 4, 5)):
+            releases = {r[0].removeprefix("release "): float(r[col[metric]]) for r in body if r[0].startswith("release ")}
+            best = max(releases, key=releases.get)
+            assert row[best_cell] == f"{best} ({releases[best]:.2f})"
+            mean = float(row[diff_cell].split(" [")[0])
+            assert mean == pytest.approx(float(model[col[metric]]) - releases[best], abs=0.011)  # mean of differences
+            low, high = _interval("[" + row[diff_cell].split(" [")[1])
+            assert low - 0.01 <= mean <= high + 0.01
     written = out.read_text(encoding="utf-8")
     assert written.startswith("# Quality on paired sets\n\nCommand: `python benchmarks/quality.py --data ")
     assert "--pairs extra=" in written and "torch " + torch.__version__ in written and " threads" in written
-    assert _tables(written) == tables
+    assert _tables(written) == {**tables, "Against": differences}
 
 
 def test_quality_skips_without_data(tmp_path, capsys) -> None:
@@ -155,3 +172,19 @@ def test_score_pairs_reports_inf_psnr_capped(tmp_path) -> None:
 def _write_one(folder: Path) -> Path:
     _pairs(folder / "one", 1, seed=3)
     return folder / "one"
+
+
+def test_paired_difference_resamples_the_same_images_for_both() -> None:
+    """A model exactly 0.5 dB above a release on every image: the paired interval is that 0.5, however
+    much the images differ from one another (two unpaired intervals would overlap widely)."""
+    def scores(values: list[float]) -> list:
+        return [quality.ImageScore(f"{i}", v, 0.5, v + 1.0, 0.0) for i, v in enumerate(values)]
+
+    images = [12.0, 25.0, 18.0, 30.0]
+    weaker = scores([v - 2.0 for v in images])
+    d = quality.paired_difference(scores([v + 0.5 for v in images]), {"release a": scores(images),
+                                                                      "release b": weaker}, "psnr", resamples=500)
+    assert d.reference == "release a" and d.reference_mean == pytest.approx(21.25)
+    assert d.mean == pytest.approx(0.5) and d.ci == pytest.approx((0.5, 0.5))
+    with pytest.raises(ValueError, match="same images"):
+        quality.paired_difference(scores(images)[::-1], {"release a": scores(images)}, "psnr", resamples=10)
