@@ -63,3 +63,44 @@ def test_an_unknown_model_is_refused(capsys) -> None:  # noqa: ANN001
     with pytest.raises(SystemExit):
         seed_spread.main(["--models", "ruas-nope"])
     assert "not a shipped model: ruas-nope" in capsys.readouterr().err
+
+
+def test_train_runs_the_cards_command_for_a_missing_seed(data: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """``--train`` runs ``nasflow train <card config> --genotype ... --set seed=S --out <work>/seed-<name>-sS``
+    for each missing run (here a stand-in that writes the run folder) and then scores it."""
+    calls = []
+
+    def fake_train(command: list[str]):  # noqa: ANN202
+        calls.append(command)
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        shutil.copy(MODELS / "ruas-fast.pt", out / "model.pt")
+
+        class Done:
+            returncode = 0
+        return Done()
+
+    monkeypatch.setattr(seed_spread.subprocess, "run", fake_train)
+    work = tmp_path / "runs"
+    assert seed_spread.main(["--models", "ruas-fast", "--seeds", "0", "2", "--work", str(work), "--data", str(data),
+                             "--no-releases", "--train"]) == 0
+    assert len(calls) == 1
+    command = calls[0]
+    assert command[:3] == ["nasflow", "train", str(MODELS / "ruas-fast.yaml")]
+    assert command[command.index("--genotype") + 1] == str(MODELS / "ruas-fast.genotype.json")
+    assert "seed=2" in command and f"task_options.root={data}" in command
+    assert command[command.index("--out") + 1] == str(work / "seed-ruas-fast-s2")
+    # a second call finds the run and trains nothing
+    assert seed_spread.main(["--models", "ruas-fast", "--seeds", "0", "2", "--work", str(work), "--data", str(data),
+                             "--no-releases", "--train"]) == 0
+    assert len(calls) == 1
+
+
+def test_a_failed_training_stops_with_its_seed(data: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    class Failed:
+        returncode = 1
+
+    monkeypatch.setattr(seed_spread.subprocess, "run", lambda command: Failed())
+    with pytest.raises(SystemExit, match="training ruas-mit at seed 1 failed"):
+        seed_spread.main(["--models", "ruas-mit", "--seeds", "1", "--work", str(tmp_path), "--data", str(data),
+                          "--no-releases", "--train"])
