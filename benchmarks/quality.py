@@ -179,6 +179,13 @@ def identity(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def releases_folder(given: Path | None, leave_out: bool) -> Path | None:
+    """The releases to score: none with ``--no-releases``, ``--releases DIR``, else ../shared/releases if present."""
+    if leave_out:
+        return None
+    return given or (DEFAULT_RELEASES if DEFAULT_RELEASES.is_dir() else None)
+
+
 def import_releases(folder: Path, into: Path) -> list[tuple[str, Path]]:
     """``(label, model file)`` for each of :data:`RELEASE_FILES` under ``folder``, imported into ``into``
     by ``import_released`` (what ``nasflow import-ruas`` runs; default module choice)."""
@@ -338,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     data = {name: read_pairs(folder) for name, folder in sets}
-    releases = None if args.no_releases else args.releases or (DEFAULT_RELEASES if DEFAULT_RELEASES.is_dir() else None)
+    releases = releases_folder(args.releases, args.no_releases)
     rows: dict[str, list[list[str]]] = {name: [] for name, _ in sets}
     per_image: dict[str, dict[str, list[ImageScore]]] = {name: {} for name, _ in sets}
     with tempfile.TemporaryDirectory(prefix="nasflow-quality-") as tmp:

@@ -88,6 +88,24 @@ def summaries(enhance_rgb, data: dict[str, list[quality.Pair]]) -> dict[str, qua
     return {s: quality.summarize(quality.score_pairs(enhance_rgb, pairs), resamples=200) for s, pairs in data.items()}
 
 
+def ahead_rows(models: Sequence[str], seeds: Sequence[int], sets: Sequence[str],
+               scores: dict[tuple[str, int], dict[str, quality.Summary]],
+               released: dict[str, dict[str, quality.Summary]]) -> list[list[str]]:
+    """Per model and set: the release with the best PSNR there and on how many seeds the model beats it,
+    then the same for GT-mean PSNR."""
+    rows = []
+    for model in models:
+        for s in sets:
+            row = [model, s]
+            for field in ("psnr", "gt_mean_psnr"):
+                label = max(released, key=lambda name: getattr(released[name][s], field))
+                best = getattr(released[label][s], field)
+                wins = sum(getattr(scores[model, seed][s], field) > best for seed in seeds)
+                row += [f"{label.removeprefix('release ')} ({best:.2f})", f"{wins} of {len(seeds)}"]
+            rows.append(row)
+    return rows
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None, help="shipped model names (default: all of them)")
@@ -120,14 +138,13 @@ def collect_runs(args: argparse.Namespace) -> list[Run]:
     for model in args.models:
         for seed in args.seeds:
             run = find_run(model, seed, args.work)
+            command = train_command(model, seed, args.data, run_folder(args.work, model, seed))
             if run is None and args.train:
-                command = train_command(model, seed, args.data, run_folder(args.work, model, seed))
                 print(f"training {model} seed {seed}: {shlex.join(command)}", flush=True)
                 if subprocess.run(command).returncode != 0:
                     raise SystemExit(f"error: training {model} at seed {seed} failed (command above)")
                 run = find_run(model, seed, args.work)
             if run is None:
-                command = train_command(model, seed, args.data, run_folder(args.work, model, seed))
                 raise SystemExit(f"error: no run of {model} at seed {seed} in {args.work}; make it with "
                                  f"--train or `{shlex.join(command)}`")
             runs.append(run)
@@ -149,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores: dict[tuple[str, int], dict[str, quality.Summary]] = {}
     for run in runs:
         scores[run.model, run.seed] = summaries(load_model(run.source, device="cpu").enhance_rgb, data)
-    releases = None if args.no_releases else args.releases or (
-        quality.DEFAULT_RELEASES if quality.DEFAULT_RELEASES.is_dir() else None)
+    releases = quality.releases_folder(args.releases, args.no_releases)
     released: dict[str, dict[str, quality.Summary]] = {}
     if releases is not None:
         with tempfile.TemporaryDirectory(prefix="nasflow-seeds-") as tmp:
@@ -172,16 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     unchanged = summaries(quality.identity, data)
     release_rows = [[label.removeprefix("release "), *(f"{r[s].psnr:.2f} / {r[s].gt_mean_psnr:.2f}" for s in sets)]
                     for label, r in [("input unchanged", unchanged), *released.items()]]
-    ahead = []  # per model and set: against the release with the best PSNR there, and the best GT-mean PSNR
-    for model in args.models:
-        for s in sets:
-            row = [model, s]
-            for field in ("psnr", "gt_mean_psnr"):
-                label = max(released, key=lambda name: getattr(released[name][s], field)) if released else ""
-                best = getattr(released[label][s], field) if released else float("nan")
-                wins = sum(getattr(scores[model, seed][s], field) > best for seed in args.seeds)
-                row += [f"{label.removeprefix('release ')} ({best:.2f})", f"{wins} of {len(args.seeds)}"]
-            ahead.append(row)
 
     table = quality.markdown_table
     parts = [
@@ -194,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if released:
         parts.append("## Seeds on which the shipped model is ahead of the best release on the set\n\n"
-                     + table(ahead, ["model", "set", "best release, PSNR", "seeds ahead in PSNR",
+                     + table(ahead_rows(args.models, args.seeds, sets, scores, released), ["model", "set", "best release, PSNR", "seeds ahead in PSNR",
                                      "best release, GT-mean PSNR", "seeds ahead in GT-mean PSNR"]))
     notes = (f"Data README protocol (8-bit RGB, rounded; scikit-image SSIM), means over each set's images, "
              f"{', '.join(f'{s} {len(data[s])} pairs' for s in sets)}. Seed 0 is the shipped file; the "
