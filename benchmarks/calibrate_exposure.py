@@ -9,6 +9,12 @@ runs on each; per case the key that meets expert C's mean is found; a metering's
 over cases; the metering with the smaller leave-one-photo-out brightness error wins. ``ruas-mit``
 and ``ruas-lol`` are scored on ``lol`` and ``mit``, never on these pairs, so the key is not chosen
 on what their cards report. Skips cleanly (exit 0, one line) without the data folder.
+
+    python benchmarks/calibrate_exposure.py --check-model ruas-mit --check-model ruas-lol
+
+adds the premise check, run once the models are trained: each named model, whole (exposure, network,
+filter), on the same cases, against the pipeline without the network at that model's metering, key and
+lift. The rule assumes the two agree (the network is trained towards the pipeline's target).
 """
 
 from __future__ import annotations
@@ -76,6 +82,56 @@ def report(chosen, fits, cases, folder: Path, argv: Sequence[str]) -> str:  # no
     return "\n".join(lines) + "\n"
 
 
+def lift_of(options: dict) -> "ToneLift":  # noqa: F821
+    """The IEM exposure target's constants a model was trained with (its task options)."""
+    from nasflow.tasks.ruas.calibration import ToneLift
+
+    names = {"level": "exposure_level", "power": "exposure_power", "sigma": "exposure_sigma",
+             "max_lift_ev": "exposure_max_lift_ev", "luminance": "exposure_luminance"}
+    return ToneLift(**{field: options[key] for field, key in names.items() if key in options})
+
+
+def load_models(names: Sequence[str]) -> list:
+    """The models to check, loaded before the calibration runs (a wrong name fails at once, in one line)."""
+    from nasflow.errors import ConfigError
+    from nasflow.infer.inference import load_model
+
+    try:
+        return [load_model(name, device="cpu") for name in names]
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def premise_rows(names: Sequence[str], enhancers: Sequence, cases) -> list[str]:  # noqa: ANN001
+    """One table row per model: its key, its signed error whole, the pipeline's at its key, the gap."""
+    from nasflow.tasks.ruas.calibration import pipeline, signed_error
+
+    rows = []
+    for name, enhancer in zip(names, enhancers):
+        options = dict(enhancer.loaded.config.task_options)
+        metering, key = options.get("exposure_metering", "mean"), float(options.get("exposure_key", 0.0))
+        if not key:
+            raise SystemExit(f"error: model {name} has no global exposure step (exposure_key 0): nothing to check")
+        whole = signed_error(cases, enhancer.enhance_tensor)
+        alone = signed_error(cases, pipeline(metering, key, lift_of(options)))
+        rows.append(f"| {name} | {metering}, {key:g} | {whole:+.2f} | {alone:+.2f} | {whole - alone:+.2f} |")
+    return rows
+
+
+def premise_section(rows: Sequence[str]) -> str:
+    return "\n".join([
+        "## Premise check: the trained network follows the pipeline",
+        "",
+        "Each model whole (global exposure, network, noise filter) on the same cases, against the pipeline "
+        "without the network at the model's own metering, key and lift. Signed brightness error: output mean "
+        "minus the expert's, 8-bit levels, mean over cases (in-sample, not leave-one-out).",
+        "",
+        "| model | metering, key | model's error | pipeline's error | model minus pipeline |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -83,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the data folder (default ../shared/data)")
     parser.add_argument("--set", default="fivek_normal", help="the calibration pairs' folder in --data")
     parser.add_argument("--out", type=Path, help="also write the report (markdown) here")
+    parser.add_argument("--check-model", action="append", default=[], metavar="NAME",
+                        help="a trained model (shipped name or model file) to check the premise on: its brightness "
+                             "error whole against the pipeline's at its key (repeatable)")
     args = parser.parse_args(argv)
     folder = args.data / args.set
     if not (folder / "low").is_dir():
@@ -90,9 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from nasflow.tasks.ruas.calibration import calibrate, cases_from_pairs
 
+    checked = load_models(args.check_model)
     cases = cases_from_pairs(read_calibration_pairs(folder))
     chosen, fits = calibrate(cases)
     text = report(chosen, fits, cases, folder, argv)
+    if args.check_model:
+        text += "\n" + premise_section(premise_rows(args.check_model, checked, cases))
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

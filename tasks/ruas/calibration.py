@@ -23,7 +23,9 @@ rule had been scored on the dev pairs, so it is a check, not the rule; on fivek_
 the same metering.
 
 The network is left out on purpose: it is trained towards ``t*``, and leaving it out keeps the
-calibration independent of any trained weights (it runs before the model is trained).
+calibration independent of any trained weights (it runs before the model is trained). That premise is
+checked once the models are trained (:func:`signed_error`): a shipped model's brightness error on the
+same cases, whole (exposure, network, filter), against the pipeline's at the same metering and key.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -162,3 +164,19 @@ def cases_from_pairs(pairs: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
     """The calibration cases of ``(name, input, expert)`` pairs (1x3xHxW in [0, 1]): step 1 of the rule."""
     return [Case(photo=name, stops=d, image=darken(low, d), expert_mean=float(expert.mean()), expert=expert)
             for name, low, expert in pairs for d in darkenings]
+
+
+def signed_error(cases: Sequence[Case], enhance: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """Mean over ``cases`` of ``enhance``'s 8-bit output mean minus the expert's, in 8-bit levels.
+
+    The premise check: with ``enhance`` a trained model, whole, and then the tone pipeline at that
+    model's metering and key, the two errors agree when the network follows ``t*`` as trained; a
+    gap would mean the calibration predicts the wrong model."""
+    if not cases:
+        raise ValueError("no calibration cases")
+    return statistics.fmean(float(to_uint8(enhance(c.image)).mean()) - 255.0 * c.expert_mean for c in cases)
+
+
+def pipeline(metering: str, key: float, lift: ToneLift = ToneLift()) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tone pipeline at one metering and key, as an ``enhance`` callable for :func:`signed_error`."""
+    return lambda y: tone_pipeline(y, metering, key, lift)

@@ -35,3 +35,22 @@ def test_report_on_generated_pairs(data: Path, tmp_path: Path) -> None:
 def test_skips_without_the_data(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     assert _load().main(["--data", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("skipped:")
+
+
+def test_premise_check_of_a_shipped_model(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "calibration.md"
+    assert _load().main(["--data", str(data), "--out", str(out), "--check-model", "ruas-mit"]) == 0
+    row = re.search(r"^\| ruas-mit \| mean, ([\d.]+) \| ([+-][\d.]+) \| ([+-][\d.]+) \| ([+-][\d.]+) \|$",
+                    out.read_text(), re.M)
+    assert row, out.read_text()
+    whole, alone, gap = (float(row.group(i)) for i in (2, 3, 4))
+    assert abs(gap - (whole - alone)) < 0.011
+    assert float(row.group(1)) > 0
+
+
+
+def test_an_unknown_model_is_one_line_not_a_traceback(data: Path) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit, match="unknown model 'nope'"):
+        _load().main(["--data", str(data), "--check-model", "nope"])

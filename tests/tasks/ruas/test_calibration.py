@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nasflow.tasks.ruas.calibration import (
-    Case, ToneLift, calibrate, cases_from_pairs, darken, matching_key, tone_pipeline)
+    Case, ToneLift, calibrate, cases_from_pairs, darken, matching_key, pipeline, signed_error, tone_pipeline)
 from nasflow.tasks.ruas.exposure import srgb_to_linear
 
 
@@ -78,3 +78,17 @@ def test_a_key_out_of_range_is_clamped_not_extrapolated() -> None:
 def test_one_photo_cannot_be_left_out() -> None:
     with pytest.raises(ValueError, match="two calibration photos"):
         calibrate(cases_from_pairs(_pairs("reinhard", 0.3)[:1]))
+
+
+def test_signed_error_of_the_pipeline_is_its_own_brightness_error() -> None:
+    cases = cases_from_pairs(_pairs("mean", 0.4))
+    at_the_experts_key = signed_error(cases, pipeline("mean", 0.4))
+    assert abs(at_the_experts_key) < 0.5  # the experts are this pipeline: within rounding
+    brighter = signed_error(cases, lambda y: torch.clamp(tone_pipeline(y, "mean", 0.4, ToneLift()) + 10 / 255, 0, 1))
+    assert 8.0 < brighter - at_the_experts_key <= 10.0  # +10 levels, less what clipping at white takes
+    assert signed_error(cases, pipeline("mean", 0.3)) < at_the_experts_key - 5  # a lower key: darker
+
+
+def test_signed_error_needs_cases() -> None:
+    with pytest.raises(ValueError, match="no calibration cases"):
+        signed_error([], pipeline("mean", 0.4))
