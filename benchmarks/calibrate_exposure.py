@@ -23,7 +23,11 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from nasflow.infer.inference import Enhancer
+    from nasflow.tasks.ruas.calibration import Case, ToneLift
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -82,7 +86,7 @@ def report(chosen, fits, cases, folder: Path, argv: Sequence[str]) -> str:  # no
     return "\n".join(lines) + "\n"
 
 
-def lift_of(options: dict) -> "ToneLift":  # noqa: F821
+def lift_of(options: dict) -> ToneLift:
     """The IEM exposure target's constants a model was trained with (its task options)."""
     from nasflow.tasks.ruas.calibration import ToneLift
 
@@ -91,7 +95,7 @@ def lift_of(options: dict) -> "ToneLift":  # noqa: F821
     return ToneLift(**{field: options[key] for field, key in names.items() if key in options})
 
 
-def load_models(names: Sequence[str]) -> list:
+def load_models(names: Sequence[str]) -> list[Enhancer]:
     """The models to check, loaded before the calibration runs (a wrong name fails at once, in one line)."""
     from nasflow.errors import ConfigError
     from nasflow.infer.inference import load_model
@@ -102,7 +106,7 @@ def load_models(names: Sequence[str]) -> list:
         raise SystemExit(f"error: {exc}") from None
 
 
-def premise_rows(names: Sequence[str], enhancers: Sequence, cases) -> list[str]:  # noqa: ANN001
+def premise_rows(names: Sequence[str], enhancers: Sequence[Enhancer], cases: Sequence[Case]) -> list[str]:
     """One table row per model: its key, its signed error whole, the pipeline's at its key, the gap."""
     from nasflow.tasks.ruas.calibration import pipeline, signed_error
 
