@@ -182,3 +182,36 @@ def test_every_page_is_reachable_from_the_index() -> None:
 def test_readme_links_to_the_docs() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "docs/index.md" in readme
+
+
+def _tables_by_heading(text: str) -> dict[str, list[str]]:
+    """The first table under each heading (the heading's text, whatever its level): its lines."""
+    tables: dict[str, list[str]] = {}
+    heading = None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        elif line.startswith("|") and heading is not None:
+            table = tables.setdefault(heading, [])
+            if not table or table[-1] is not None:
+                table.append(line.rstrip())
+        elif heading in tables and tables[heading] and tables[heading][-1] is not None:
+            tables[heading].append(None)  # the table ended: later tables under this heading are not it
+    return {h: [line for line in t if line is not None] for h, t in tables.items()}
+
+
+RESULT_TABLES = [  # (committed benchmark result, the page that shows its tables, how many it must show)
+    (ROOT / "benchmarks" / "results" / "pareto-default" / "table.md", DOCS / "search-matters.md", 2),
+    (ROOT / "benchmarks" / "results" / "ablation-default" / "table.md", DOCS / "search-matters.md", 7),
+]
+
+
+@pytest.mark.parametrize("results, page, shown", RESULT_TABLES, ids=[r.parent.name for r, _, _ in RESULT_TABLES])
+def test_tables_copied_into_a_page_are_the_committed_results(results: Path, page: Path, shown: int) -> None:
+    """A page that shows a benchmark's tables shows the committed run's, not an older run's."""
+    committed = _tables_by_heading(results.read_text())
+    on_page = _tables_by_heading(page.read_text())
+    same = [h for h in committed if h in on_page]
+    assert len(same) >= shown, f"{page.name} shows {len(same)} of {results}'s tables, expected {shown}"
+    for heading in same:
+        assert on_page[heading] == committed[heading], f"{page.name}, '{heading}': not the table of {results}"
