@@ -6,7 +6,9 @@ The rule (fixed before it was run; ``nasflow.tasks.ruas.calibration``): every fi
 (a normally exposed camera rendering) is darkened by 1, 2, 3 and 4 stops in linear light; the
 dark-photo models' tone pipeline without the network (global exposure, then the IEM's target lift)
 runs on each; per case the key that meets expert C's mean is found; a metering's key is the median
-over cases; the metering with the smaller leave-one-photo-out brightness error wins. ``ruas-mit``
+over cases; the metering with the smaller leave-one-photo-out brightness error wins. Then the
+exposure's shoulder: with that metering, the knee (or none: a clip per channel) with the highest
+leave-one-photo-out PSNR against the expert's pictures, each knee at its own median key. ``ruas-mit``
 and ``ruas-lol`` are scored on ``lol`` and ``mit``, never on these pairs, so the key is not chosen
 on what their cards report. Skips cleanly (exit 0, one line) without the data folder.
 
@@ -86,6 +88,27 @@ def report(chosen, fits, cases, folder: Path, argv: Sequence[str]) -> str:  # no
     return "\n".join(lines) + "\n"
 
 
+def shoulder_section(chosen, fits) -> str:  # noqa: ANN001
+    """Step 5 of the rule: every knee with its key, brightness errors and PSNR, the chosen one marked."""
+    lines = [
+        "## The shoulder (step 5)",
+        "",
+        f"Rule (fixed before it was run, `tasks/ruas/calibration.py`, step 5): with the chosen metering "
+        f"({chosen.metering}), each knee of the exposure's shoulder, and no shoulder (each channel clipped at full "
+        "scale), gets its key by the median rule above; the knee with the highest leave-one-photo-out PSNR against "
+        "the expert's pictures is chosen.",
+        "",
+        "| knee | key (median over cases) | LOO mean abs brightness err | LOO signed err | LOO PSNR |",
+        "|---|---|---|---|---|",
+    ]
+    for f in fits:
+        knee = "none (clip)" if f.shoulder is None else f"{f.shoulder:g}"
+        mark = " (chosen)" if f is chosen else ""
+        lines.append(f"| {knee}{mark} | {f.key:.4f} | {f.loo_abs_error:.1f} | {f.loo_signed_error:+.1f} | "
+                     f"{f.loo_psnr:.2f} dB |")
+    return "\n".join(lines) + "\n"
+
+
 def lift_of(options: dict) -> ToneLift:
     """The IEM exposure target's constants a model was trained with (its task options)."""
     from nasflow.tasks.ruas.calibration import ToneLift
@@ -151,12 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (folder / "low").is_dir():
         print(f"skipped: no calibration pairs at {folder}")
         return 0
-    from nasflow.tasks.ruas.calibration import calibrate, cases_from_pairs
+    from nasflow.tasks.ruas.calibration import calibrate, calibrate_shoulder, cases_from_pairs
 
     checked = load_models(args.check_model)
     cases = cases_from_pairs(read_calibration_pairs(folder))
     chosen, fits = calibrate(cases)
     text = report(chosen, fits, cases, folder, argv)
+    text += "\n" + shoulder_section(*calibrate_shoulder(cases, chosen.metering))
     if args.check_model:
         text += "\n" + premise_section(premise_rows(args.check_model, checked, cases))
     print(text)

@@ -22,6 +22,14 @@ crushing the shadows and clipping the highlights. It was added after the models 
 rule had been scored on the dev pairs, so it is a check, not the rule; on fivek_normal both choose
 the same metering.
 
+5. the shoulder (:func:`nasflow.tasks.ruas.exposure.shoulder`; a second rule, fixed before it was run
+   and added after the first had been followed): with the chosen metering, each knee of
+   :data:`KNEES` (and no shoulder: a clip per channel) gets its key by steps 3-4's median, and the
+   knee with the highest leave-one-photo-out PSNR against the expert's pictures is chosen. The
+   mean brightness hardly depends on the knee (a roll-off moves only what lies past it), so this
+   step judges it on the picture: whether the highlights keep their hue and gradation as the
+   expert's do.
+
 The network is left out on purpose: it is trained towards ``t*``, and leaving it out keeps the
 calibration independent of any trained weights (it runs before the model is trained). That premise is
 checked once the models are trained (:func:`signed_error`): a shipped model's brightness error on the
@@ -44,6 +52,7 @@ from nasflow.tasks.ruas.metrics import PSNR_CAP_DB, psnr, to_uint8
 DARKENINGS = (1.0, 2.0, 3.0, 4.0)  # stops: from a slightly dark photo to a very dark one (LOL-like)
 KEY_RANGE = (1e-3, 1.0)
 BISECTIONS = 40
+KNEES: tuple[float | None, ...] = (None, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # None: each channel clipped
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class MeteringFit:
     loo_abs_error: float  # 8-bit levels
     loo_signed_error: float
     loo_psnr: float | None = None  # dB, mean over cases; None when the cases carry no expert picture
+    shoulder: float | None = None  # the exposure's knee past which it rolls off (None: clip)
 
 
 def darken(y: torch.Tensor, stops: float) -> torch.Tensor:
@@ -85,42 +95,43 @@ def darken(y: torch.Tensor, stops: float) -> torch.Tensor:
     return torch.round(linear_to_srgb(srgb_to_linear(y) * 2.0 ** -stops) * 255.0) / 255.0
 
 
-def tone_pipeline(y: torch.Tensor, metering: str, key: float, lift: ToneLift) -> torch.Tensor:
-    """The dark-photo models' tones without the network: the global exposure (no highlight limit),
-    then ``u = clamp(y' / t*, 0, 1)``."""
-    exposed = ExposurePolicy(target=key, metering=metering)(y)
+def tone_pipeline(y: torch.Tensor, metering: str, key: float, lift: ToneLift,
+                  shoulder: float | None = None) -> torch.Tensor:
+    """The dark-photo models' tones without the network: the global exposure (no highlight limit;
+    past full scale clipped, or the ``shoulder`` knee's roll-off), then ``u = clamp(y' / t*, 0, 1)``."""
+    exposed = ExposurePolicy(target=key, metering=metering, shoulder=shoulder)(y)
     t = exposure_target(exposed, level=lift.level, power=lift.power, sigma=lift.sigma,
                         luminance=lift.luminance, max_lift_ev=lift.max_lift_ev)
     return torch.clamp(exposed / t, 0.0, 1.0)
 
 
-def output_mean(case: Case, metering: str, key: float, lift: ToneLift) -> float:
+def output_mean(case: Case, metering: str, key: float, lift: ToneLift, shoulder: float | None = None) -> float:
     """The pipeline's output mean on ``case``, as an 8-bit file would hold it (in [0, 1])."""
-    return float(torch.round(tone_pipeline(case.image, metering, key, lift) * 255.0).mean()) / 255.0
+    return float(torch.round(tone_pipeline(case.image, metering, key, lift, shoulder) * 255.0).mean()) / 255.0
 
 
-def matching_key(case: Case, metering: str, lift: ToneLift) -> float:
+def matching_key(case: Case, metering: str, lift: ToneLift, shoulder: float | None = None) -> float:
     """The key whose output mean equals the expert's, by bisection in log key over :data:`KEY_RANGE`
     (clamped to its ends when the expert is darker or brighter than any key gives)."""
     lo, hi = math.log(KEY_RANGE[0]), math.log(KEY_RANGE[1])
-    if output_mean(case, metering, math.exp(hi), lift) <= case.expert_mean:
+    if output_mean(case, metering, math.exp(hi), lift, shoulder) <= case.expert_mean:
         return KEY_RANGE[1]
-    if output_mean(case, metering, math.exp(lo), lift) >= case.expert_mean:
+    if output_mean(case, metering, math.exp(lo), lift, shoulder) >= case.expert_mean:
         return KEY_RANGE[0]
     for _ in range(BISECTIONS):
         mid = 0.5 * (lo + hi)
-        if output_mean(case, metering, math.exp(mid), lift) < case.expert_mean:
+        if output_mean(case, metering, math.exp(mid), lift, shoulder) < case.expert_mean:
             lo = mid
         else:
             hi = mid
     return math.exp(0.5 * (lo + hi))
 
 
-def fit_metering(cases: Sequence[Case], metering: str, lift: ToneLift) -> MeteringFit:
-    """Steps 3 and 4 of the rule (module docstring) for one metering."""
+def fit_metering(cases: Sequence[Case], metering: str, lift: ToneLift, shoulder: float | None = None) -> MeteringFit:
+    """Steps 3 and 4 of the rule (module docstring) for one metering (and one shoulder knee)."""
     if metering not in METERINGS:
         raise ValueError(f"the metering must be one of {', '.join(METERINGS)}, got {metering!r}")
-    keys = [matching_key(c, metering, lift) for c in cases]
+    keys = [matching_key(c, metering, lift, shoulder) for c in cases]
     photos = sorted({c.photo for c in cases})
     if len(photos) < 2:
         raise ValueError("leave-one-photo-out needs at least two calibration photos")
@@ -130,14 +141,14 @@ def fit_metering(cases: Sequence[Case], metering: str, lift: ToneLift) -> Meteri
     for photo in photos:
         key = statistics.median(k for k, c in zip(keys, cases) if c.photo != photo)
         for case in (c for c in cases if c.photo == photo):
-            out = to_uint8(tone_pipeline(case.image, metering, key, lift))  # the 8-bit file, run once per case
+            out = to_uint8(tone_pipeline(case.image, metering, key, lift, shoulder))  # the 8-bit file, once per case
             errors.append(float(out.mean()) - 255.0 * case.expert_mean)
             if scored:  # the data README's protocol (PSNR of 8-bit RGB, rounded)
                 psnrs.append(min(psnr(out, to_uint8(case.expert)), PSNR_CAP_DB))
     return MeteringFit(metering=metering, key=statistics.median(keys), case_keys=tuple(keys),
                        loo_abs_error=statistics.fmean(abs(e) for e in errors),
                        loo_signed_error=statistics.fmean(errors),
-                       loo_psnr=statistics.fmean(psnrs) if scored else None)
+                       loo_psnr=statistics.fmean(psnrs) if scored else None, shoulder=shoulder)
 
 
 CRITERIA = ("brightness", "psnr")
@@ -156,6 +167,17 @@ def calibrate(cases: Sequence[Case], lift: ToneLift = ToneLift(), meterings: Seq
         return min(fits, key=lambda f: f.loo_abs_error), fits
     if any(f.loo_psnr is None for f in fits):
         raise ValueError("the psnr criterion needs cases with the expert's picture (cases_from_pairs gives them)")
+    return max(fits, key=lambda f: f.loo_psnr), fits
+
+
+def calibrate_shoulder(cases: Sequence[Case], metering: str, lift: ToneLift = ToneLift(),
+                       knees: Sequence[float | None] = KNEES) -> tuple[MeteringFit, list[MeteringFit]]:
+    """Step 5 of the rule: the chosen knee's fit (its key, brightness errors and PSNR) and every knee's."""
+    if not knees:
+        raise ValueError("no knees to choose from")
+    fits = [fit_metering(cases, metering, lift, shoulder=k) for k in knees]
+    if any(f.loo_psnr is None for f in fits):
+        raise ValueError("the shoulder is chosen on the expert's pictures: cases_from_pairs gives them")
     return max(fits, key=lambda f: f.loo_psnr), fits
 
 

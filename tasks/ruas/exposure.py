@@ -10,7 +10,10 @@ the per-pixel channel maximum, or, without a spot size, its ``highlight_quantile
     g_room = 2 ** headroom_ev / h                ... but push the scene's highlights at most
                                                      headroom_ev stops past full scale
     g      = clamp(min(g_key, g_room), 1, 1 / t_min) * 2 ** exposure_bias
-    y'     = clamp(g * y, 0, 1)
+    y'     = clamp(g * y, 0, 1)                  (no shoulder: each channel clipped at full scale)
+    y'     = g * y * s(M) / M                    (a shoulder at knee k: M = max over R, G, B of g * y)
+    s(M)   = M                                   for M <= k
+           = k + (1 - k) (1 - exp(-(M - k) / (1 - k)))   above it (k = 1: s(M) = min(M, 1))
 
 Why each part (the rules the constants follow, never fitted to evaluation pairs):
 
@@ -33,6 +36,13 @@ Why each part (the rules the constants follow, never fitted to evaluation pairs)
   it), a lone hot pixel or a one-pixel glint does not: 3 pixels is the smallest square with a
   centre. ``highlight_quantile`` (0.99, used when no spot size is given, as in model files made
   before it) reads the brightest 1 % instead, which a few small lights do not reach.
+* ``shoulder`` (the key policy; None for the scene policy, whose lights stay below full scale): a
+  gain that takes a bright area past full scale clips each channel on its own, so an orange lamp
+  turns yellow and a blue sky cyan, and everything past full scale flattens to one value. The
+  shoulder instead rolls a pixel's brightest channel off towards full scale and scales R, G and B
+  by the same factor: hue and saturation are kept, and brighter stays brighter. ``s`` is the
+  identity up to the knee ``k``, meets it with slope 1 (no kink) and never reaches 1; ``k = 1``
+  is the hue-keeping clip. The knee is calibrated with the key (:mod:`nasflow.tasks.ruas.calibration`).
 * ``exposure_bias`` (EV): the user's control, as photo tools have: it multiplies the gain by
   ``2 ** bias`` after the clamp, so +1 doubles the step's output (before clipping) and -1 halves it,
   also for photos the step would otherwise leave alone.
@@ -51,7 +61,8 @@ Why each part (the rules the constants follow, never fitted to evaluation pairs)
 
 The gain is monotone in the input's exposure: scaling ``y`` by ``s`` scales ``m`` and ``h`` by
 ``s`` (until ``h`` clips), so ``g * m = max(m, min(target, 2 ** headroom_ev * m / h))`` does not fall
-as ``s`` rises. The same gain multiplies R, G and B: no colour cast.
+as ``s`` rises. The same gain multiplies R, G and B: no colour cast; the shoulder, monotone in
+``M`` and the same for the three channels, keeps both.
 """
 
 from __future__ import annotations
@@ -92,6 +103,7 @@ class ExposurePolicy:
     t_min: float = 1e-3
     metering: str = "mean"
     highlight_spot: int | None = None  # None: h is the quantile; k: h is the brightest k x k spot (spot_highlight)
+    shoulder: float | None = None  # None: each channel clipped at full scale; k in (0, 1]: the hue-keeping roll-off
 
     def __post_init__(self) -> None:
         if self.metering not in METERINGS:
@@ -104,6 +116,8 @@ class ExposurePolicy:
             raise ValueError(f"the highlight quantile must be in [0.5, 1], got {self.highlight_quantile}")
         if self.highlight_spot is not None and self.highlight_spot < 1:
             raise ValueError(f"the highlight spot must be at least 1 pixel across (or None), got {self.highlight_spot}")
+        if self.shoulder is not None and not 0.0 < self.shoulder <= 1.0:
+            raise ValueError(f"the exposure shoulder's knee must be in (0, 1] (or None: clip), got {self.shoulder}")
 
     def gain(self, y: torch.Tensor, exposure_bias: float = 0.0) -> torch.Tensor:
         """The per-image gain ``g`` (shape ``[N, 1, 1, 1]``) for a batch ``y`` in [0, 1] (sRGB); with
@@ -125,10 +139,16 @@ class ExposurePolicy:
         return g * 2.0 ** exposure_bias if exposure_bias else g
 
     def apply(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``x`` (sRGB) under the gain ``g`` (from :meth:`gain`, possibly of another image), clipped to [0, 1]."""
+        """``x`` (sRGB) under the gain ``g`` (from :meth:`gain`, possibly of another image), in [0, 1]:
+        clipped, or rolled off by the shoulder (in the space the gain applies in)."""
         if self.metering == "reinhard":
-            return linear_to_srgb(srgb_to_linear(x) * g)
-        return torch.clamp(x * g, 0.0, 1.0)
+            return linear_to_srgb(self._limit(srgb_to_linear(x) * g))
+        return self._limit(x * g)
+
+    def _limit(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shoulder is None:
+            return torch.clamp(x, 0.0, 1.0)
+        return shoulder(x.clamp_min(0.0), self.shoulder)
 
     def __call__(self, y: torch.Tensor, exposure_bias: float = 0.0) -> torch.Tensor:
         return self.apply(y, self.gain(y, exposure_bias))
@@ -167,3 +187,15 @@ def spot_highlight(y: torch.Tensor, spot: int) -> torch.Tensor:
         for i in range(1, spot):
             peak = torch.minimum(peak, rows[..., i : i + h, :])
     return peak.amax(dim=(2, 3), keepdim=True).to(y.dtype).clamp_min(1.0 / 255)
+
+
+def shoulder(x: torch.Tensor, knee: float) -> torch.Tensor:
+    """``x`` (N x 3 x H x W, >= 0) with each pixel's brightest channel ``M`` rolled off above ``knee`` to
+    ``s(M)`` (module docstring) and its three channels scaled alike: hue and saturation kept, in [0, 1]."""
+    peak = x.amax(dim=1, keepdim=True)
+    if knee >= 1.0:
+        rolled = peak.clamp_max(1.0)
+    else:
+        width = 1.0 - knee
+        rolled = torch.where(peak > knee, knee + width * -torch.expm1(-(peak - knee).clamp_min(0.0) / width), peak)
+    return (x * (rolled / peak.clamp_min(1e-12))).clamp(0.0, 1.0)

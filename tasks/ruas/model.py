@@ -48,12 +48,12 @@ STEP = 0.5  # weight of the (u - y) correction in the unrolled IEM update (as re
 
 def exposure_policy(key: float, headroom_ev: float | None = None, highlight_quantile: float = 0.99,
                     t_min: float = T_MIN, metering: str = "mean",
-                    highlight_spot: int | None = None) -> ExposurePolicy | None:
+                    highlight_spot: int | None = None, shoulder: float | None = None) -> ExposurePolicy | None:
     """The global exposure step for a network's options (:mod:`nasflow.tasks.ruas.exposure`); None at ``key = 0``."""
     if not key:
         return None
     return ExposurePolicy(target=key, headroom_ev=headroom_ev, highlight_quantile=highlight_quantile, t_min=t_min,
-                          metering=metering, highlight_spot=highlight_spot)
+                          metering=metering, highlight_spot=highlight_spot, shoulder=shoulder)
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,7 @@ class RUASNet(Supernet):
         exposure_highlight: float = 0.99,
         exposure_metering: str = "mean",
         exposure_highlight_spot: int | None = None,
+        exposure_shoulder: float | None = None,
         max_lift_ev: float | None = None,
         denoise: str = "none",
         denoise_radius: int = 1,
@@ -178,7 +179,7 @@ class RUASNet(Supernet):
         self.denoise = denoise
         self.denoise_radius = denoise_radius
         self.exposure = exposure_policy(float(exposure_key), exposure_headroom_ev, exposure_highlight, self.t_min,
-                                        exposure_metering, exposure_highlight_spot)
+                                        exposure_metering, exposure_highlight_spot, exposure_shoulder)
         self.lift_floor = None if max_lift_ev is None else max(self.t_min, 2.0 ** -max_lift_ev)
         self.iem_cells = nn.ModuleList(self.space.supercell(self.arch, "iem", iem_channels) for _ in range(iem_stages))
         if use_nrm:

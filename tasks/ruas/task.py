@@ -74,6 +74,10 @@ class RUASOptions:
     # what exposure_key is compared with: the mean of the sRGB values, or Reinhard et al. 2002's log-average of the
     # linear luminance (exposure_key 0.18), the gain then applied in linear light
     exposure_metering: str = field(default="mean", metadata={"choices": ("mean", "reinhard")})
+    # what the global exposure does past full scale: None clips each channel (released RUAS, ruas-auto, whose lights
+    # stay below full scale); a knee in (0, 1] rolls each pixel's brightest channel off above it and scales R, G and B
+    # alike, keeping hue (tasks/ruas/exposure.py's shoulder; calibrated with the key, tasks/ruas/calibration.py)
+    exposure_shoulder: float | None = field(default=None, metadata={"min": 0.01, "max": 1.0})
     # the IEM's exposure target lifts a region by at most this many stops (None: no cap); see losses.exposure_target
     exposure_max_lift_ev: float | None = field(default=None, metadata={"min": 0.0})
     # the network's own cap at inference: the illumination is clamped to at least 2 ** -iem_max_lift_ev, so the IEM
@@ -229,7 +233,8 @@ class RUASTask(Task):
                        warm_start=o.warm_start, exposure_key=o.exposure_key,
                        exposure_headroom_ev=o.exposure_headroom_ev, exposure_highlight=o.exposure_highlight,
                        exposure_metering=o.exposure_metering, exposure_highlight_spot=o.exposure_highlight_spot,
-                       max_lift_ev=o.iem_max_lift_ev, denoise=o.denoise, denoise_radius=o.denoise_radius)
+                       exposure_shoulder=o.exposure_shoulder, max_lift_ev=o.iem_max_lift_ev, denoise=o.denoise,
+                       denoise_radius=o.denoise_radius)
 
     def iem_terms(self, model: nn.Module, y: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """The IEM loss; it reads only the illuminations, so the NRM is not run."""

@@ -30,6 +30,11 @@ def test_report_on_generated_pairs(data: Path, tmp_path: Path) -> None:
     assert len(chosen) == 1
     assert rows[chosen[0]][1] <= min(err for _, err in rows.values())
     assert len(re.findall(r"^\| 0000[01] \| [1-4] \|", text, re.M)) == 8  # 2 photos x 4 darkenings
+    knees = re.findall(r"^\| (none \(clip\)|[\d.]+)( \(chosen\))? \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \| ([\d.]+) dB \|$",
+                       text, re.M)
+    assert [k for k, _, _ in knees] == ["none (clip)", "0.5", "0.6", "0.7", "0.8", "0.9", "1"]
+    marked = [float(p) for _, mark, p in knees if mark]
+    assert len(marked) == 1 and marked[0] == max(float(p) for _, _, p in knees)  # the highest PSNR is chosen
 
 
 def test_skips_without_the_data(tmp_path: Path, capsys) -> None:  # noqa: ANN001

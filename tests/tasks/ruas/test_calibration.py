@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nasflow.tasks.ruas.calibration import (
-    Case, ToneLift, calibrate, cases_from_pairs, darken, matching_key, pipeline, signed_error, tone_pipeline)
+    Case, ToneLift, calibrate, calibrate_shoulder, cases_from_pairs, darken, matching_key, pipeline, signed_error,
+    tone_pipeline)
 from nasflow.tasks.ruas.exposure import srgb_to_linear
 
 
@@ -92,3 +93,36 @@ def test_signed_error_of_the_pipeline_is_its_own_brightness_error() -> None:
 def test_signed_error_needs_cases() -> None:
     with pytest.raises(ValueError, match="no calibration cases"):
         signed_error([], pipeline("mean", 0.4))
+
+
+def _bright_photos(n: int = 4, size: int = 48) -> list[torch.Tensor]:
+    """Dark photos (mean under the key) with an orange area that the key's gain pushes past full scale.
+    No value lies in the sRGB curve's linear toe even 2 stops darker, where a darkening in linear light
+    is no longer a scaling of the sRGB values (the key would then differ between darkenings)."""
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    photos = []
+    for i in range(n):
+        base = 0.12 + 0.1 * (0.5 + 0.5 * torch.sin(6.28 * ((i + 1) * 0.7 * xx + 0.9 * yy)))
+        p = base * (0.8 + 0.2 * torch.rand(3, 1, 1, generator=g))
+        p[:, : size // 3, : size // 3] = torch.tensor([0.6, 0.4 + 0.03 * i, 0.12]).view(3, 1, 1)
+        photos.append(torch.round(p * 255).div(255).unsqueeze(0))
+    return photos
+
+
+@pytest.mark.parametrize("knee", [None, 0.7])
+def test_the_shoulder_rule_finds_the_experts_knee(knee: float | None) -> None:
+    lift = ToneLift()
+    pairs = [(f"p{i}", p, tone_pipeline(p, "mean", 0.45, lift, shoulder=knee)) for i, p in enumerate(_bright_photos())]
+    cases = cases_from_pairs(pairs, darkenings=(1.0, 2.0))  # darker, 8-bit quantisation blurs the knees apart
+    chosen, fits = calibrate_shoulder(cases, "mean", lift, knees=(None, 0.5, 0.7, 0.9, 1.0))
+    assert chosen.shoulder == knee
+    assert chosen.key == pytest.approx(0.45, rel=0.06)  # the lift and 8-bit files move it a little
+    assert [f.shoulder for f in fits] == [None, 0.5, 0.7, 0.9, 1.0]
+
+
+def test_the_shoulder_rule_needs_the_experts_picture() -> None:
+    cases = [Case(photo=c.photo, stops=c.stops, image=c.image, expert_mean=c.expert_mean)
+             for c in cases_from_pairs(_pairs("mean", 0.4))]
+    with pytest.raises(ValueError, match="expert's pictures"):
+        calibrate_shoulder(cases, "mean")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from nasflow.tasks.ruas.exposure import ExposurePolicy, highlight, linear_to_srgb, spot_highlight, srgb_to_linear
+from nasflow.tasks.ruas.exposure import (
+    ExposurePolicy, highlight, linear_to_srgb, shoulder, spot_highlight, srgb_to_linear)
 from nasflow.tasks.ruas.model import WholeImageStep
 
 SCENE = ExposurePolicy(target=0.35, headroom_ev=0.5)
@@ -189,3 +190,56 @@ def test_the_spot_policy_traces_for_any_size() -> None:
         night = _night_with_lamps(size, [(10, 10)])
         night[..., 10:13, 10:13] = 0.25
         assert torch.allclose(traced(night), SPOT(night))
+
+
+# -- the shoulder: what the gain does past full scale ----------------------------------------------
+def _pixel(r: float, g: float, b: float) -> torch.Tensor:
+    return torch.tensor([r, g, b]).view(1, 3, 1, 1)
+
+
+def test_without_a_shoulder_each_channel_clips_and_the_hue_turns() -> None:
+    lamp = ExposurePolicy(target=0.46).apply(_pixel(0.5, 0.3, 0.1), torch.tensor(4.0))
+    assert lamp.flatten().tolist() == pytest.approx([1.0, 1.0, 0.4])  # orange in, yellow out
+
+
+@pytest.mark.parametrize("knee", [0.5, 0.8, 1.0])
+def test_the_shoulder_keeps_hue_and_saturation(knee: float) -> None:
+    lamp = ExposurePolicy(target=0.46, shoulder=knee).apply(_pixel(0.5, 0.3, 0.1), torch.tensor(4.0)).flatten()
+    assert lamp.max().item() <= 1.0
+    assert (lamp / lamp[0]).tolist() == pytest.approx([1.0, 0.6, 0.2], rel=1e-5)  # the input's ratios
+
+
+def test_the_shoulder_is_the_identity_up_to_the_knee_and_smooth_there() -> None:
+    m = torch.linspace(0.0, 0.8, 81).view(1, 1, -1, 1).expand(1, 3, -1, 1)
+    assert torch.allclose(shoulder(m, 0.8), m)
+    eps = 1e-3  # slope 1 just past the knee: no kink in the tone curve
+    above = shoulder(torch.full((1, 3, 1, 1), 0.8 + eps), 0.8)[0, 0, 0, 0].item()
+    assert (above - 0.8) / eps == pytest.approx(1.0, abs=0.01)
+
+
+@given(st.lists(st.floats(0.0, 50.0), min_size=2, max_size=12), st.floats(0.3, 1.0))
+@settings(max_examples=60, deadline=None)
+def test_the_shoulder_is_monotone_and_stays_in_range(values: list[float], knee: float) -> None:
+    grey = torch.tensor(sorted(values)).view(1, 1, -1, 1).expand(1, 3, -1, 1)
+    out = shoulder(grey, knee)[0, 0, :, 0]
+    assert out.min().item() >= 0.0 and out.max().item() <= 1.0
+    assert bool((out[1:] >= out[:-1] - 1e-7).all())  # brighter in, never darker out
+
+
+def test_the_shoulder_rolls_off_past_full_scale_instead_of_flattening() -> None:
+    out = shoulder(torch.tensor([1.0, 2.0, 4.0]).view(1, 1, 3, 1).expand(1, 3, 3, 1), 0.7)[0, 0, :, 0]
+    assert out[0] < out[1] < out[2] < 1.0  # a clip would give 1, 1, 1
+
+
+@pytest.mark.parametrize("knee", [0.0, -0.2, 1.5])
+def test_a_knee_out_of_range_is_refused(knee: float) -> None:
+    with pytest.raises(ValueError, match="knee"):
+        ExposurePolicy(target=0.46, shoulder=knee)
+
+
+def test_the_shoulder_reaches_the_network_from_the_task_options() -> None:
+    from nasflow.tasks.ruas.model import RUASNet
+
+    net = RUASNet(use_nrm=False, exposure_key=0.46, exposure_shoulder=0.8)
+    assert net.exposure is not None and net.exposure.shoulder == 0.8
+    assert RUASNet(use_nrm=False, exposure_key=0.46).exposure.shoulder is None  # model files made before: clip
