@@ -11,7 +11,9 @@ against the input (LOE, lower keeps the input's order), the noise level of the o
 scales both alike, 1.0; above 1 the model amplified noise more than the picture, below 1 it
 removed some), and ``dark noise``: the same estimator restricted to the flat dark areas of the
 input (the flattest half of its darkest third, ``nasflow.tasks.ruas.metrics.flat_dark_mask``),
-where lifted sensor noise shows. ``--per-image`` also prints each photo's dark noise per model. ``--sheets DIR`` also writes one contact sheet per folder (input | each model) to
+where lifted sensor noise shows, and ``hue shift``: the mean change of hue (degrees) over the pixels
+coloured in both input and output (``nasflow.tasks.ruas.metrics.hue_shift``; a channel clipped on
+its own turns an orange lamp yellow). ``--per-image`` also prints each photo's dark noise per model. ``--sheets DIR`` also writes one contact sheet per folder (input | each model) to
 ``DIR/<folder>.png`` for looking at colour casts, halos and noise: the photos are research-licensed,
 so the sheets are made locally and never committed. A released RUAS model joins the comparison
 through ``--model`` once converted with ``nasflow import-ruas``. Skips cleanly when the folder is absent.
@@ -28,13 +30,13 @@ import numpy as np
 
 FOLDERS = ("real/LIME", "real/MEF")
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FIGURES = ("brightness", "entropy", "loe", "noise", "noise/gain", "dark noise")
+FIGURES = ("brightness", "entropy", "loe", "noise", "noise/gain", "dark noise", "hue shift")
 
 
 def figures(out8: np.ndarray, in8: np.ndarray) -> dict[str, float]:
     """The no-reference figures of one enhanced image against its input."""
-    from nasflow.tasks.ruas.metrics import (entropy, flat_dark_noise, lightness_order_error, mean_brightness,
-                                            noise_sigma)
+    from nasflow.tasks.ruas.metrics import (entropy, flat_dark_noise, hue_shift, lightness_order_error,
+                                            mean_brightness, noise_sigma)
 
     gain = mean_brightness(out8) / max(mean_brightness(in8), 1e-6)
     noise_in = max(noise_sigma(in8), 1e-6)
@@ -46,6 +48,7 @@ def figures(out8: np.ndarray, in8: np.ndarray) -> dict[str, float]:
         "noise": noise_out,
         "noise/gain": (noise_out / noise_in) / max(gain, 1e-6),
         "dark noise": flat_dark_noise(out8, in8),
+        "hue shift": hue_shift(out8, in8),
     }
 
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[str, list[np.ndarray]] = {f"{p.stem}: {columns}": [im] for p, im in zip(files, inputs)}
         per_image: dict[str, list[float]] = {}
         for name, enhancer in [("input", None), *enhancers.items()]:
-            sums = dict.fromkeys(FIGURES, 0.0)
+            values: dict[str, list[float]] = {k: [] for k in FIGURES}
             for path, in8 in zip(files, inputs):
                 if enhancer is None:
                     out8 = in8
@@ -98,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                     out8 = np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
                     rows[f"{path.stem}: {columns}"].append(out8)
                 for k, v in figures(out8, in8).items():
-                    sums[k] += v
+                    values[k].append(v)
                     if k == "dark noise":
                         per_image.setdefault(path.stem, []).append(v)
-            means = " | ".join(f"{sums[k] / len(files):>10.3f}" for k in FIGURES)
+            means = " | ".join(f"{np.nanmean(values[k]) if not np.isnan(values[k]).all() else np.nan:>10.3f}"
+                               for k in FIGURES)
             print(f"| {name:<28} | {folder.split('/')[-1] + f' ({len(files)})':<10} | {means} |", flush=True)
         if args.per_image:
             print(f"dark noise per photo ({columns}):")

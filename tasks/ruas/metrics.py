@@ -417,6 +417,36 @@ def flat_dark_noise(enhanced: Any, original: Any) -> float:
     return float(math.sqrt(math.pi / 2.0) * np.abs(conv[inner]).mean() / 6.0)
 
 
+HUE_MIN_CHROMA = 0.1  # hue_shift's "coloured": max - min of R, G, B at least a tenth of full scale, in and out
+
+
+def hue(x: np.ndarray) -> np.ndarray:
+    """The HSV hue in degrees [0, 360) of float RGB ``(..., 3)`` (Smith 1978; any value where max = min)."""
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    top, chroma = x.max(axis=-1), x.max(axis=-1) - x.min(axis=-1)
+    safe = np.where(chroma > 0, chroma, 1.0)
+    h = np.where(top == r, ((g - b) / safe) % 6.0, np.where(top == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    return 60.0 * h
+
+
+def hue_shift(enhanced: Any, original: Any) -> float:
+    """Mean absolute hue change in degrees (on the colour circle) between ``original`` and ``enhanced``
+    over the pixels coloured in both (chroma of at least :data:`HUE_MIN_CHROMA`): a gain, a lift
+    shared by R, G and B, or a roll-off that scales them alike keeps it at 0 (up to 8-bit rounding);
+    a channel clipped on its own turns it (an orange lamp clipped in red turns yellow). NaN when no
+    pixel is coloured in both."""
+    a8, b8 = _as_uint8(enhanced, "enhanced"), _as_uint8(original, "original")
+    _check_pair(a8, b8)
+    if a8.shape[-1] != 3:
+        raise ValueError(f"hue_shift needs RGB images, got {a8.shape[-1]} channel(s)")
+    a, b = a8.astype(np.float64) / 255.0, b8.astype(np.float64) / 255.0
+    coloured = (np.ptp(a, axis=-1) >= HUE_MIN_CHROMA) & (np.ptp(b, axis=-1) >= HUE_MIN_CHROMA)
+    if not coloured.any():
+        return float("nan")
+    d = np.abs(hue(a[coloured]) - hue(b[coloured]))
+    return float(np.minimum(d, 360.0 - d).mean())
+
+
 # -- sets of images --------------------------------------------------------------------------
 
 

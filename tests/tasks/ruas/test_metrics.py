@@ -370,3 +370,31 @@ def test_grey_world_shift_ignores_exposure_not_casts():
     assert M.grey_world_shift(cast, ref) > 0.2
     with pytest.raises(ValueError, match="shapes differ"):
         M.grey_world_shift(ref[:10], ref)
+
+
+# -- hue shift ---------------------------------------------------------------------------------
+def _patch(rgb: tuple[float, float, float], size: int = 8) -> np.ndarray:
+    return np.round(np.tile(np.array(rgb, np.float64), (size, size, 1)) * 255).astype(np.uint8)
+
+
+def test_hue_of_the_primaries_and_an_orange() -> None:
+    from nasflow.tasks.ruas.metrics import hue
+
+    rgb = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 0.5, 0.0], [1.0, 0.0, 0.5]])
+    assert hue(rgb).tolist() == pytest.approx([0.0, 120.0, 240.0, 30.0, 330.0])
+
+
+def test_a_shared_gain_keeps_the_hue_and_a_clip_per_channel_turns_it() -> None:
+    from nasflow.tasks.ruas.metrics import hue_shift
+
+    orange = _patch((0.4, 0.2, 0.05))
+    assert hue_shift(_patch((0.8, 0.4, 0.1)), orange) == pytest.approx(0.0, abs=0.5)  # x2: same hue
+    clipped = _patch((1.0, 0.8, 0.2))  # x4 and each channel clipped: 1.6 -> 1
+    assert hue_shift(clipped, orange) > 15.0  # orange (26 deg) turned yellow (45 deg)
+
+
+def test_hue_shift_wraps_round_the_circle_and_skips_grey() -> None:
+    from nasflow.tasks.ruas.metrics import hue_shift
+
+    assert hue_shift(_patch((1.0, 0.0, 0.05)), _patch((1.0, 0.05, 0.0))) == pytest.approx(6.0, abs=0.5)  # 357 vs 3
+    assert np.isnan(hue_shift(_patch((0.5, 0.5, 0.5)), _patch((0.2, 0.2, 0.2))))  # no colour to turn
