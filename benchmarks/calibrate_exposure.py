@@ -140,8 +140,10 @@ def premise_rows(names: Sequence[str], enhancers: Sequence[Enhancer], cases: Seq
         if not key:
             raise SystemExit(f"error: model {name} has no global exposure step (exposure_key 0): nothing to check")
         whole = signed_error(cases, enhancer.enhance_tensor)
-        alone = signed_error(cases, pipeline(metering, key, lift_of(options)))
-        rows.append(f"| {name} | {metering}, {key:g} | {whole:+.2f} | {alone:+.2f} | {whole - alone:+.2f} |")
+        knee = options.get("exposure_shoulder")
+        alone = signed_error(cases, pipeline(metering, key, lift_of(options), knee))
+        exposure = f"{metering}, {key:g}" + ("" if knee is None else f", knee {knee:g}")
+        rows.append(f"| {name} | {exposure} | {whole:+.2f} | {alone:+.2f} | {whole - alone:+.2f} |")
     return rows
 
 
@@ -150,10 +152,10 @@ def premise_section(rows: Sequence[str]) -> str:
         "## Premise check: the trained network follows the pipeline",
         "",
         "Each model whole (global exposure, network, noise filter) on the same cases, against the pipeline "
-        "without the network at the model's own metering, key and lift. Signed brightness error: output mean "
+        "without the network at the model's own metering, key, shoulder and lift. Signed brightness error: output mean "
         "minus the expert's, 8-bit levels, mean over cases (in-sample, not leave-one-out).",
         "",
-        "| model | metering, key | model's error | pipeline's error | model minus pipeline |",
+        "| model | metering, key (, knee) | model's error | pipeline's error | model minus pipeline |",
         "|---|---|---|---|---|",
         *rows,
     ]) + "\n"

@@ -30,7 +30,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 EVERY = 8
 CROP = 256
 SEED = 0
-KEY, LEVEL, POWER, SIGMA, MAX_LIFT = 0.454, 0.25, 0.5, 6.0, 1.0  # ruas-mit's exposure and IEM target
+KEY, LEVEL, POWER, SIGMA, MAX_LIFT = 0.454, 0.25, 0.5, 6.0, 1.0  # ruas-mit's exposure and IEM target when the filter was chosen
 
 
 def candidates() -> dict[str, Callable]:

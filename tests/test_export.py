@@ -47,10 +47,11 @@ def test_torchscript_export_of_a_model_file(model_path: Path, tmp_path: Path, si
     assert [p.name for p in out.parent.iterdir()] == ["m.ts"]  # no temp file left behind
 
 
-def test_torchscript_export_of_a_shipped_model(tmp_path: Path, single_thread: None) -> None:
-    result = export_model("ruas-auto", tmp_path / "auto.ts")
+@pytest.mark.parametrize("name", ["ruas-auto", "ruas-mit"])  # the scene policy; the key policy with its shoulder
+def test_torchscript_export_of_a_shipped_model(name: str, tmp_path: Path, single_thread: None) -> None:
+    result = export_model(name, tmp_path / f"{name}.ts")
     assert result.path.is_file() and result.max_abs_diff < 1e-5 and result.size_bytes > 0
-    _compare_reloaded("ruas-auto", result.path)
+    _compare_reloaded(name, result.path)
 
 
 def test_refuses_to_overwrite(model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -199,6 +199,7 @@ def signed_error(cases: Sequence[Case], enhance: Callable[[torch.Tensor], torch.
     return statistics.fmean(float(to_uint8(enhance(c.image)).mean()) - 255.0 * c.expert_mean for c in cases)
 
 
-def pipeline(metering: str, key: float, lift: ToneLift = ToneLift()) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The tone pipeline at one metering and key, as an ``enhance`` callable for :func:`signed_error`."""
-    return lambda y: tone_pipeline(y, metering, key, lift)
+def pipeline(metering: str, key: float, lift: ToneLift = ToneLift(),
+             shoulder: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tone pipeline at one metering, key and knee, as an ``enhance`` callable for :func:`signed_error`."""
+    return lambda y: tone_pipeline(y, metering, key, lift, shoulder)
