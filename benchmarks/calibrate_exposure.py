@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from nasflow.infer.inference import Enhancer
-    from nasflow.tasks.ruas.calibration import Case, ToneLift
+    from nasflow.tasks.ruas.calibration import Case, MeteringFit, ToneLift
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -88,7 +88,7 @@ def report(chosen, fits, cases, folder: Path, argv: Sequence[str]) -> str:  # no
     return "\n".join(lines) + "\n"
 
 
-def shoulder_section(chosen, fits) -> str:  # noqa: ANN001
+def shoulder_section(chosen: MeteringFit, fits: Sequence[MeteringFit]) -> str:
     """Step 5 of the rule: every knee with its key, brightness errors and PSNR, the chosen one marked."""
     lines = [
         "## The shoulder (step 5)",
@@ -119,14 +119,19 @@ def lift_of(options: dict) -> ToneLift:
 
 
 def load_models(names: Sequence[str]) -> list[Enhancer]:
-    """The models to check, loaded before the calibration runs (a wrong name fails at once, in one line)."""
+    """The models to check, loaded before the calibration runs: a wrong name, or a model without the
+    global exposure step the calibration is for, fails at once, in one line."""
     from nasflow.errors import ConfigError
     from nasflow.infer.inference import load_model
 
     try:
-        return [load_model(name, device="cpu") for name in names]
+        enhancers = [load_model(name, device="cpu") for name in names]
     except ConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
+    for name, enhancer in zip(names, enhancers):
+        if not float(dict(enhancer.loaded.config.task_options).get("exposure_key", 0.0)):
+            raise SystemExit(f"error: model {name} has no global exposure step (exposure_key 0): nothing to check")
+    return enhancers
 
 
 def premise_rows(names: Sequence[str], enhancers: Sequence[Enhancer], cases: Sequence[Case]) -> list[str]:
@@ -136,9 +141,7 @@ def premise_rows(names: Sequence[str], enhancers: Sequence[Enhancer], cases: Seq
     rows = []
     for name, enhancer in zip(names, enhancers):
         options = dict(enhancer.loaded.config.task_options)
-        metering, key = options.get("exposure_metering", "mean"), float(options.get("exposure_key", 0.0))
-        if not key:
-            raise SystemExit(f"error: model {name} has no global exposure step (exposure_key 0): nothing to check")
+        metering, key = options.get("exposure_metering", "mean"), float(options["exposure_key"])
         whole = signed_error(cases, enhancer.enhance_tensor)
         knee = options.get("exposure_shoulder")
         alone = signed_error(cases, pipeline(metering, key, lift_of(options), knee))

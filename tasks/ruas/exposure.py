@@ -18,7 +18,8 @@ the per-pixel channel maximum, or, without a spot size, its ``highlight_quantile
 Why each part (the rules the constants follow, never fitted to evaluation pairs):
 
 * ``g >= 1`` before the bias: the step never darkens, so a photo whose mean is at or above
-  ``target`` is left exactly as it is.
+  ``target`` is left exactly as it is (with a shoulder, but for its pixels above the knee, which
+  roll off as they would under a gain of 1.01: the tone curve does not jump as ``g`` reaches 1).
 * ``target``: the mean a dark photo is brought to. The scene-adaptive policy (``ruas-auto``) uses
   0.35, the mean at and above which a photo counts as normally exposed: such a photo gets no gain,
   and a darker exposure of it never comes out brighter than it. A higher target cannot keep both promises:

@@ -243,3 +243,11 @@ def test_the_shoulder_reaches_the_network_from_the_task_options() -> None:
     net = RUASNet(use_nrm=False, exposure_key=0.46, exposure_shoulder=0.8)
     assert net.exposure is not None and net.exposure.shoulder == 0.8
     assert RUASNet(use_nrm=False, exposure_key=0.46).exposure.shoulder is None  # model files made before: clip
+
+
+def test_with_a_shoulder_a_bright_photo_changes_only_above_the_knee() -> None:
+    bright = _textured(0.6)
+    out = ExposurePolicy(target=0.46, shoulder=0.6)(bright)
+    below = bright.amax(dim=1, keepdim=True).expand_as(bright) <= 0.6
+    assert torch.equal(out[below], bright[below])  # no gain: untouched up to the knee
+    assert bool((out[~below] < bright[~below] + 1e-7).all())  # above it, rolled off, never brightened
