@@ -22,6 +22,7 @@ through ``--model`` once converted with ``nasflow import-ruas``. Skips cleanly w
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from nasflow.infer.imageio import read_image
     from nasflow.infer.inference import load_model
     from nasflow.registries import MODELS
-    from nasflow.tasks.ruas.metrics import contact_sheet
+    from nasflow.tasks.ruas.metrics import average, contact_sheet
 
     models = args.model or [n for n in MODELS.names() if ":" not in n]
     enhancers = {str(m): load_model(m, device="cpu") for m in models}
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                     values[k].append(v)
                     if k == "dark noise":
                         per_image.setdefault(path.stem, []).append(v)
-            means = " | ".join(f"{np.nanmean(values[k]) if not np.isnan(values[k]).all() else np.nan:>10.3f}"
-                               for k in FIGURES)
+            # a photo with no flat dark area or no coloured pixel has no figure (NaN): the mean is over the others
+            means = " | ".join(f"{average(v for v in values[k] if not math.isnan(v)):>10.3f}" for k in FIGURES)
             print(f"| {name:<28} | {folder.split('/')[-1] + f' ({len(files)})':<10} | {means} |", flush=True)
         if args.per_image:
             print(f"dark noise per photo ({columns}):")

@@ -187,17 +187,16 @@ def test_readme_links_to_the_docs() -> None:
 def _tables_by_heading(text: str) -> dict[str, list[str]]:
     """The first table under each heading (the heading's text, whatever its level): its lines."""
     tables: dict[str, list[str]] = {}
-    heading = None
+    heading, in_table = None, False
     for line in text.splitlines():
         if line.startswith("#"):
-            heading = line.lstrip("#").strip()
-        elif line.startswith("|") and heading is not None:
-            table = tables.setdefault(heading, [])
-            if not table or table[-1] is not None:
-                table.append(line.rstrip())
-        elif heading in tables and tables[heading] and tables[heading][-1] is not None:
-            tables[heading].append(None)  # the table ended: later tables under this heading are not it
-    return {h: [line for line in t if line is not None] for h, t in tables.items()}
+            heading, in_table = line.lstrip("#").strip(), False
+        elif line.startswith("|") and heading is not None and (in_table or heading not in tables):
+            tables.setdefault(heading, []).append(line.rstrip())
+            in_table = True
+        else:
+            in_table = False  # the table ended: a later table under the same heading is not it
+    return tables
 
 
 RESULT_TABLES = [  # (committed benchmark result, the page that shows its tables, how many it must show)
